@@ -1,0 +1,133 @@
+"""The function-calling loop: ask the model, run the tools it calls, until it answers.
+
+Each turn is an async generator of events (`token`, `tool_call`, `tool_result`, `done`,
+`error`); every message it adds goes through `journal` before the next step relies on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import openai
+from pydantic import ValidationError
+
+from actors.schema import Tool, validation_message
+
+Event = dict[str, Any]
+Journal = Callable[[list[dict[str, Any]]], Awaitable[None]]
+MAX_TOOL_RESULT = 20_000
+
+
+class LLMFailed(RuntimeError):
+    """The model's server could not be reached or refused the request."""
+
+
+def event(kind: str, **data: Any) -> Event:
+    return {"event": kind, "data": data}
+
+
+async def run_tool(tool: Tool | None, name: str, raw_arguments: str, ctx: Any) -> str:
+    """A tool's result, or the error as text for the model to read: the turn goes on."""
+    if tool is None:
+        return f"Error: there is no tool named {name!r}."
+    try:
+        arguments = json.loads(raw_arguments or "{}")
+    except json.JSONDecodeError as exc:
+        return f"Error: the arguments for {name} are not valid JSON ({exc.msg})."
+    if not isinstance(arguments, dict):
+        return f"Error: the arguments for {name} must be a JSON object."
+    try:
+        result = await tool.run(ctx, arguments)
+    except ValidationError as exc:
+        return f"Error: invalid arguments for {name}: {validation_message(exc)}"
+    except Exception as exc:  # a failing tool must not end the turn
+        return f"Error: {name} failed: {type(exc).__name__}: {exc}"
+    if len(result) > MAX_TOOL_RESULT:
+        result = result[:MAX_TOOL_RESULT] + "\n[output truncated]"
+    return result
+
+
+async def _complete(client: openai.AsyncOpenAI, model: str, messages: list[dict[str, Any]],
+                    tools: list[dict[str, Any]]) -> AsyncIterator[Event | dict[str, Any]]:
+    """Stream one completion: yields token events, then the assembled assistant message."""
+    kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    if tools:
+        kwargs["tools"] = tools
+    content: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    try:
+        stream = await client.chat.completions.create(**kwargs)
+        async for chunk in stream:
+            if not chunk.choices:
+                continue
+            delta = chunk.choices[0].delta
+            if delta.content:
+                content.append(delta.content)
+                yield event("token", text=delta.content)
+            for part in delta.tool_calls or []:
+                call = calls.setdefault(part.index, {
+                    "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+                if part.id:
+                    call["id"] = part.id
+                if part.function and part.function.name:
+                    call["function"]["name"] += part.function.name
+                if part.function and part.function.arguments:
+                    call["function"]["arguments"] += part.function.arguments
+    except openai.APIError as exc:
+        raise LLMFailed(f"the LLM backend failed: {exc.message}"[:500]) from exc
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    yield message
+
+
+async def run_turn(client: openai.AsyncOpenAI, model: str, history: list[dict[str, Any]],
+                   tools: Callable[[], list[Tool]], ctx: Any, journal: Journal,
+                   max_rounds: int = 10) -> AsyncIterator[Event]:
+    """Continue the conversation in `history` (which ends with the user's message)."""
+    for _ in range(max_rounds):
+        toolset = {tool.name: tool for tool in tools()}
+        message: dict[str, Any] = {}
+        async for item in _complete(client, model, history,
+                                    [t.schema() for t in toolset.values()]):
+            if "event" in item:
+                yield item
+            else:
+                message = item
+        await journal([message])
+        history.append(message)
+        calls = message.get("tool_calls") or []
+        if not calls:
+            yield event("done", reply=message.get("content") or "")
+            return
+        for call in calls:
+            yield event("tool_call", name=call["function"]["name"],
+                        arguments=call["function"]["arguments"])
+        results = await asyncio.gather(*(
+            run_tool(toolset.get(c["function"]["name"]), c["function"]["name"],
+                     c["function"]["arguments"], ctx) for c in calls))
+        replies = [{"role": "tool", "tool_call_id": c["id"], "content": r}
+                   for c, r in zip(calls, results, strict=True)]
+        await journal(replies)
+        history.extend(replies)
+        for call, result in zip(calls, results, strict=True):
+            yield event("tool_result", name=call["function"]["name"], content=result)
+    final = (f"I stopped after {max_rounds} rounds of tool calls without reaching an answer. "
+             "Please narrow the request or try again.")
+    await journal([{"role": "assistant", "content": final}])
+    yield event("done", reply=final)
+
+
+def repair(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool results for calls a dead actor never answered, so the history stays valid."""
+    answered = {m.get("tool_call_id") for m in history if m.get("role") == "tool"}
+    missing: list[dict[str, Any]] = []
+    for message in history:
+        for call in message.get("tool_calls") or []:
+            if call["id"] not in answered:
+                missing.append({"role": "tool", "tool_call_id": call["id"],
+                                "content": "Error: interrupted before this tool finished."})
+    return missing

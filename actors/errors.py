@@ -1,0 +1,13 @@
+"""Errors the actors raise on purpose; the gateway maps each to one HTTP status."""
+
+
+class SessionGone(LookupError):
+    """The session was deleted (or never existed); its actor should not serve it."""
+
+
+class NotFound(LookupError):
+    """A stream or file that is not this session's."""
+
+
+class ToolError(Exception):
+    """A tool failed in a way the model should read about (its text is the tool's result)."""

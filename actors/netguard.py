@@ -1,0 +1,101 @@
+"""One guard for every URL a tool fetches on behalf of the model, a user or an answer.
+
+The check runs where the connection is made (an httpcore network backend), so it covers every
+redirect, and the address it approves is the address it connects to: no second DNS lookup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
+            ipaddress.ip_address("100.100.100.200")}
+
+
+class BlockedAddress(httpx.TransportError):
+    """The URL leads to a private, loopback, link-local or metadata address."""
+
+
+class UrlGuard:
+    def __init__(self, allow: Iterable[str] = ()) -> None:
+        self.allow_names: set[str] = set()
+        self.allow_nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in allow:
+            try:
+                self.allow_nets.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                self.allow_names.add(entry.strip().lower().rstrip("."))
+
+    @staticmethod
+    def is_public(ip: IPAddress) -> bool:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        return not (ip in METADATA or ip.is_private or ip.is_loopback or ip.is_link_local
+                    or ip.is_multicast or ip.is_reserved or ip.is_unspecified
+                    or ip in ipaddress.ip_network("100.64.0.0/10"))
+
+    def permits(self, host: str, ip: IPAddress) -> bool:
+        if self.is_public(ip) or host.lower().rstrip(".") in self.allow_names:
+            return True
+        return any(ip in net for net in self.allow_nets)
+
+    def resolve(self, host: str, port: int) -> list[IPAddress]:
+        """Addresses for host that this guard lets a connection reach; raises if none."""
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise BlockedAddress(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+        addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+        allowed = [ip for ip in addresses if self.permits(host, ip)]
+        if not allowed:
+            raise BlockedAddress(
+                f"refused: {host} resolves to a private, loopback, link-local or metadata "
+                f"address ({addresses[0]}); an operator can allow it with LLMCAM_ALLOW_HOSTS")
+        return allowed
+
+    async def check_url(self, url: str) -> str:
+        """Check a URL that another library (yt-dlp, OpenCV) will open; returns it."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BlockedAddress(f"refused: only http(s) URLs are fetched, not {url[:100]!r}")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        await asyncio.to_thread(self.resolve, parts.hostname, port)
+        return url
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    def __init__(self, guard: UrlGuard) -> None:
+        self._guard = guard
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
+                          local_address: str | None = None,
+                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
+        addresses = await asyncio.to_thread(self._guard.resolve, host, port)
+        return await self._inner.connect_tcp(str(addresses[0]), port, timeout=timeout,
+                                             local_address=local_address,
+                                             socket_options=socket_options)
+
+    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise BlockedAddress("unix sockets are not reachable from tools")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def guarded_client(guard: UrlGuard, *, timeout: float = 20.0, **kwargs: Any) -> httpx.AsyncClient:
+    """An httpx client whose every connection (redirects included) passes the guard."""
+    transport = httpx.AsyncHTTPTransport()
+    transport._pool = httpcore.AsyncConnectionPool(  # noqa: SLF001 - httpx exposes no hook
+        ssl_context=httpx.create_ssl_context(), network_backend=_GuardedBackend(guard))
+    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True,
+                             trust_env=False, **kwargs)

@@ -1,0 +1,123 @@
+"""An OpenAPI 3 service becomes tools: one per operation, called with httpx through the guard."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from typing import Any
+from urllib.parse import quote
+
+import jsonref
+
+from actors.context import ToolContext
+from actors.schema import Tool
+
+METHODS = ("get", "post", "put", "patch", "delete")
+MAX_SPEC = 5 * 1024 * 1024
+MAX_RESULT = 16_000
+# OpenAPI-only keywords that are not JSON Schema: the OpenAI API would reject or ignore them.
+_DROP = {"example", "examples", "xml", "externalDocs", "discriminator", "readOnly", "writeOnly",
+         "deprecated", "nullable", "x-nullable", "$schema", "$id", "title"}
+
+
+def _clean(node: Any, depth: int = 0) -> Any:
+    if depth > 12:  # recursive schemas: cut them off rather than loop
+        return {}
+    if isinstance(node, dict):
+        return {k: _clean(v, depth + 1) for k, v in node.items()
+                if k not in _DROP and not k.startswith("x-")}
+    if isinstance(node, list):
+        return [_clean(v, depth + 1) for v in node]
+    return node
+
+
+def _tool_name(operation: dict[str, Any], method: str, path: str) -> str:
+    raw = operation.get("operationId") or f"{method}_{path}"
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_")[:64] or method
+
+
+def parse_spec(text: str) -> dict[str, Any]:
+    if len(text) > MAX_SPEC:
+        raise ValueError("the OpenAPI document is larger than 5 MB")
+    try:
+        spec = json.loads(text)
+    except json.JSONDecodeError:
+        import yaml
+
+        spec = yaml.safe_load(text)
+    if not isinstance(spec, dict) or "paths" not in spec:
+        raise ValueError("this is not an OpenAPI document (no 'paths')")
+    return spec
+
+
+def operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each operation as a plain, $ref-free description (what the store keeps)."""
+    resolved = jsonref.replace_refs(spec, proxies=False, lazy_load=False)
+    ops: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for path, item in (resolved.get("paths") or {}).items():
+        shared = item.get("parameters", [])
+        for method in METHODS:
+            op = item.get(method)
+            if not isinstance(op, dict):
+                continue
+            properties: dict[str, Any] = {}
+            required: list[str] = []
+            where: dict[str, str] = {}
+            for param in [*shared, *op.get("parameters", [])]:
+                if param.get("in") not in ("path", "query"):
+                    continue
+                name = param["name"]
+                schema = _clean(copy.deepcopy(param.get("schema", {"type": "string"})))
+                if param.get("description"):
+                    schema["description"] = param["description"]
+                properties[name] = schema
+                where[name] = param["in"]
+                if param.get("required") or param["in"] == "path":
+                    required.append(name)
+            body = (op.get("requestBody") or {}).get("content", {}).get("application/json")
+            if body is not None:
+                properties["body"] = _clean(copy.deepcopy(body.get("schema", {"type": "object"})))
+                if op["requestBody"].get("required"):
+                    required.append("body")
+            name = _tool_name(op, method, path)
+            while name in seen:
+                name = f"{name}_"[:64]
+            seen.add(name)
+            ops.append({
+                "name": name, "method": method.upper(), "path": path, "where": where,
+                "description": (op.get("summary") or op.get("description")
+                                or f"{method.upper()} {path}")[:1000],
+                "parameters": {"type": "object", "properties": properties,
+                               "required": sorted(set(required))},
+            })
+    json.dumps(ops)  # fails loudly here, not in the store, if anything is still circular
+    return ops
+
+
+def api_tools(service: str, base_url: str, ops: list[dict[str, Any]]) -> list[Tool]:
+    return [_operation_tool(service, base_url, op) for op in ops]
+
+
+def _operation_tool(service: str, base_url: str, op: dict[str, Any]) -> Tool:
+    async def run(ctx: ToolContext, arguments: dict[str, Any]) -> str:
+        missing = [n for n in op["parameters"]["required"] if n not in arguments]
+        if missing:
+            raise ValueError(f"missing required arguments: {', '.join(missing)}")
+        path = op["path"]
+        query: dict[str, Any] = {}
+        for name, value in arguments.items():
+            place = op["where"].get(name)
+            if place == "path":
+                path = path.replace("{" + name + "}", quote(str(value), safe=""))
+            elif place == "query":
+                query[name] = value
+            elif name != "body":
+                raise ValueError(f"unknown argument {name!r}")
+        response = await ctx.http.request(op["method"], base_url.rstrip("/") + path,
+                                          params=query, json=arguments.get("body"))
+        text = response.text[:MAX_RESULT]
+        return text if response.is_success else f"HTTP {response.status_code}: {text}"
+
+    return Tool(op["name"], op["description"], op["parameters"], run, service)

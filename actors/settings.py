@@ -1,0 +1,74 @@
+"""The one place configuration is read from the environment.
+
+The gateway builds a `Settings` once and hands it to every actor and deployment it creates: on a
+cluster an actor runs in its node's environment, not the gateway's: nothing else reads the env.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BUILTIN_TOOL_MODULES = ("actors.tools.camera", "actors.tools.vision", "actors.tools.files")
+
+
+def _csv(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value)  # type: ignore[call-overload]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LLMCAM_", extra="ignore", frozen=True)
+
+    openai_api_key: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_API_KEY")
+    )
+    openai_base_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("OPENAI_BASE_URL")
+    )
+    ray_address: str | None = Field(default=None, validation_alias=AliasChoices("RAY_ADDRESS"))
+    model: str = "gpt-4o"
+    vision_model: str = "gpt-4o"
+    data: Path = Path("./llmcam-data")
+    db: str | None = None
+    yolo_model: str = "yolov8s.pt"
+    detector_gpus: float | None = None
+    detector_replicas: int = 1
+    weathercam_url: str = "https://tie.digitraffic.fi/api/weathercam/v1"
+    allow_hosts: Annotated[list[str], NoDecode] = []
+    tool_modules: Annotated[list[str], NoDecode] = list(BUILTIN_TOOL_MODULES)
+    enable_shell: bool = False
+    notify_interval: float = 30.0
+    # Not in the contract: tuning knobs with safe defaults.
+    max_rounds: int = 10
+    spare_sessions: int = 0
+
+    @field_validator("allow_hosts", "tool_modules", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> list[str]:
+        return _csv(value)
+
+    @field_validator("data", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        # Actors may run with another working directory: hand them an absolute path.
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        """The message store: an SQLite path, or a postgresql:// URL."""
+        return self.db or str(self.data / "llmcam.sqlite3")
+
+    def worker_env(self) -> dict[str, str]:
+        """Environment every Ray worker of ours gets (ultralytics must never go online)."""
+        return {
+            "YOLO_OFFLINE": "1",
+            "YOLO_AUTOINSTALL": "False",
+            "YOLO_VERBOSE": "False",
+            "ULTRALYTICS_SYNC": "False",
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }

@@ -1,0 +1,3 @@
+"""Placeholder until the camera and vision tools land."""
+
+TOOLS: list = []

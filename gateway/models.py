@@ -1,0 +1,60 @@
+"""Pydantic models for every request and answer body of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class NewSession(BaseModel):
+    session_id: str
+
+
+class Stream(BaseModel):
+    noti_id: str
+    status: Literal["running", "stopped", "failed"]
+    started_at: float
+    sent: int
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    created_at: float
+    message_count: int
+    notifications: list[Stream]
+
+
+class Message(BaseModel):
+    """An OpenAI chat message as stored (role, content, tool_calls, tool_call_id)."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: Any = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+
+
+class PostMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    content: str = Field(min_length=1, max_length=32000)
+
+
+class Reply(BaseModel):
+    reply: str
+    messages: list[Message]
+
+
+class FileEntry(BaseModel):
+    name: str
+    kind: Literal["capture", "detection", "plot"]
+    size: int
+    created_at: float
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Problem(BaseModel):
+    detail: str
