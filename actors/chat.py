@@ -9,20 +9,21 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import openai
 from pydantic import ValidationError
 
+from actors.errors import LLMFailed
 from actors.schema import Tool, validation_message
+
+if TYPE_CHECKING:
+    from actors.llm import LLM
 
 Event = dict[str, Any]
 Journal = Callable[[list[dict[str, Any]]], Awaitable[None]]
 MAX_TOOL_RESULT = 20_000
 
-
-class LLMFailed(RuntimeError):
-    """The model's server could not be reached or refused the request."""
+__all__ = ["LLMFailed", "event", "repair", "run_tool", "run_turn"]
 
 
 def event(kind: str, **data: Any) -> Event:
@@ -50,48 +51,38 @@ async def run_tool(tool: Tool | None, name: str, raw_arguments: str, ctx: Any) -
     return result
 
 
-async def _complete(client: openai.AsyncOpenAI, model: str, messages: list[dict[str, Any]],
+async def _complete(llm: LLM, model: str, messages: list[dict[str, Any]],
                     tools: list[dict[str, Any]]) -> AsyncIterator[Event | dict[str, Any]]:
     """Stream one completion: yields token events, then the assembled assistant message."""
-    kwargs: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
+    request: dict[str, Any] = {"model": model, "messages": messages}
     if tools:
-        kwargs["tools"] = tools
+        request["tools"] = tools
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
-    try:
-        stream = await client.chat.completions.create(**kwargs)
-        async for chunk in stream:
-            if not chunk.choices:
-                continue
-            delta = chunk.choices[0].delta
-            if delta.content:
-                content.append(delta.content)
-                yield event("token", text=delta.content)
-            for part in delta.tool_calls or []:
-                call = calls.setdefault(part.index, {
-                    "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
-                if part.id:
-                    call["id"] = part.id
-                if part.function and part.function.name:
-                    call["function"]["name"] += part.function.name
-                if part.function and part.function.arguments:
-                    call["function"]["arguments"] += part.function.arguments
-    except openai.APIError as exc:
-        raise LLMFailed(f"the LLM backend failed: {exc.message}"[:500]) from exc
+    async for chunk in llm.stream(request):
+        if chunk.get("content"):
+            content.append(chunk["content"])
+            yield event("token", text=chunk["content"])
+        for part in chunk.get("tool_calls") or []:
+            call = calls.setdefault(part["index"], {
+                "id": "", "type": "function", "function": {"name": "", "arguments": ""}})
+            call["id"] = part["id"] or call["id"]
+            call["function"]["name"] += part["name"] or ""
+            call["function"]["arguments"] += part["arguments"] or ""
     message: dict[str, Any] = {"role": "assistant", "content": "".join(content) or None}
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
     yield message
 
 
-async def run_turn(client: openai.AsyncOpenAI, model: str, history: list[dict[str, Any]],
+async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
                    tools: Callable[[], list[Tool]], ctx: Any, journal: Journal,
                    max_rounds: int = 10) -> AsyncIterator[Event]:
     """Continue the conversation in `history` (which ends with the user's message)."""
     for _ in range(max_rounds):
         toolset = {tool.name: tool for tool in tools()}
         message: dict[str, Any] = {}
-        async for item in _complete(client, model, history,
+        async for item in _complete(llm, model, history,
                                     [t.schema() for t in toolset.values()]):
             if "event" in item:
                 yield item

@@ -8,13 +8,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote
 
-import httpx
-
 from actors.netguard import UrlGuard
 from actors.settings import Settings
 from actors.store import FileInfo
 
 if TYPE_CHECKING:
+    import httpx
+
+    from actors.llm import LLM
     from actors.toolbox import Toolbox
 
 MAX_DOWNLOAD = 20 * 1024 * 1024
@@ -47,16 +48,41 @@ class Streams(Protocol):
     async def send(self, message: str) -> str: ...
 
 
+class Web:
+    """The guarded HTTP client of one actor, made on first use (httpx stays unloaded until a
+    tool fetches something)."""
+
+    def __init__(self, guard: UrlGuard) -> None:
+        self.guard = guard
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            from actors.http import guarded_client
+
+            self._client = guarded_client(self.guard)
+        return self._client
+
+
 @dataclass
 class ToolContext:
     session_id: str
     settings: Settings
-    guard: UrlGuard
-    http: httpx.AsyncClient
+    web: Web
     files: Files
+    llm: LLM
     toolbox: Toolbox | None = None
     streams: Streams | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def guard(self) -> UrlGuard:
+        return self.web.guard
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        return self.web.client
 
     def file_url(self, name: str) -> str:
         return f"/api/sessions/{self.session_id}/files/{name}"

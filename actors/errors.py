@@ -11,3 +11,7 @@ class NotFound(LookupError):
 
 class ToolError(Exception):
     """A tool failed in a way the model should read about (its text is the tool's result)."""
+
+
+class LLMFailed(RuntimeError):
+    """The model's server could not be reached or refused the request."""

@@ -1,7 +1,7 @@
 """One guard for every URL a tool fetches on behalf of the model, a user or an answer.
 
-The check runs where the connection is made (an httpcore network backend), so it covers every
-redirect, and the address it approves is the address it connects to: no second DNS lookup.
+The check runs where the connection is made (see actors/http.py), so it covers every redirect,
+and the address it approves is the address it connects to: no second DNS lookup.
 """
 
 from __future__ import annotations
@@ -10,18 +10,14 @@ import asyncio
 import ipaddress
 import socket
 from collections.abc import Iterable
-from typing import Any
 from urllib.parse import urlsplit
-
-import httpcore
-import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254"),
             ipaddress.ip_address("100.100.100.200")}
 
 
-class BlockedAddress(httpx.TransportError):
+class BlockedAddress(PermissionError):
     """The URL leads to a private, loopback, link-local or metadata address."""
 
 
@@ -70,32 +66,3 @@ class UrlGuard:
         port = parts.port or (443 if parts.scheme == "https" else 80)
         await asyncio.to_thread(self.resolve, parts.hostname, port)
         return url
-
-
-class _GuardedBackend(httpcore.AsyncNetworkBackend):
-    def __init__(self, guard: UrlGuard) -> None:
-        self._guard = guard
-        self._inner = httpcore.AnyIOBackend()
-
-    async def connect_tcp(self, host: str, port: int, timeout: float | None = None,
-                          local_address: str | None = None,
-                          socket_options: Any = None) -> httpcore.AsyncNetworkStream:
-        addresses = await asyncio.to_thread(self._guard.resolve, host, port)
-        return await self._inner.connect_tcp(str(addresses[0]), port, timeout=timeout,
-                                             local_address=local_address,
-                                             socket_options=socket_options)
-
-    async def connect_unix_socket(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
-        raise BlockedAddress("unix sockets are not reachable from tools")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
-
-
-def guarded_client(guard: UrlGuard, *, timeout: float = 20.0, **kwargs: Any) -> httpx.AsyncClient:
-    """An httpx client whose every connection (redirects included) passes the guard."""
-    transport = httpx.AsyncHTTPTransport()
-    transport._pool = httpcore.AsyncConnectionPool(  # noqa: SLF001 - httpx exposes no hook
-        ssl_context=httpx.create_ssl_context(), network_backend=_GuardedBackend(guard))
-    return httpx.AsyncClient(transport=transport, timeout=timeout, follow_redirects=True,
-                             trust_env=False, **kwargs)

@@ -1,15 +1,18 @@
 """NotificationActor: one background stream of a session, owned by (and dying with) it.
 
-Every `interval` seconds after the previous round ended, it runs one function-calling round on
-its copy of the session's context, with the camera and vision tools plus `send_notification`
-and `stop_notification` bound to itself. It reaches its session only through the parent handle.
+It runs one function-calling round at once, then one every `interval` seconds after the previous
+round ended, on its copy of the session's context, with the camera and vision tools plus
+`send_notification` and `stop_notification` bound to itself. It reaches its session only through
+the parent handle it was given; nothing else holds a handle to it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from contextlib import suppress
 from typing import Any
 
 import openai
@@ -43,7 +46,7 @@ class ParentFiles:
 
 
 class OwnStream:
-    """send/stop as seen from inside a stream: they act on this stream only."""
+    """The notification tools as seen from inside a stream: they act on this stream only."""
 
     def __init__(self, actor: NotificationActor) -> None:
         self._actor = actor
@@ -57,8 +60,9 @@ class OwnStream:
         return await self._actor.parent.deliver.remote(self._actor.noti_id, message)
 
     async def stop(self, noti_id: str) -> str:
-        if noti_id != self._actor.noti_id:
-            return f"This stream is {self._actor.noti_id}; it can only stop itself."
+        if noti_id.strip() != self._actor.noti_id:
+            return (f"This is notification stream {self._actor.noti_id}; it can only stop "
+                    "itself.")
         self._actor.stopped = True
         return "Notification stream stopped."
 
@@ -69,10 +73,13 @@ class NotificationActor:
         self.parent = parent
         self.noti_id = noti_id
         self.stopped = False
+        self.rounds = 0
         self._interval = float(spec["interval"])
         self._context: list[dict[str, Any]] = spec["context"]
+        self._task_text = str(spec.get("task", ""))
         self._own: list[list[dict[str, Any]]] = []
         self._settings = settings
+        self._loop: asyncio.Task[None] | None = None
         self._client = openai.AsyncOpenAI(api_key=settings.openai_api_key or "not-set",
                                           base_url=settings.openai_base_url, max_retries=1,
                                           timeout=120)
@@ -82,38 +89,59 @@ class NotificationActor:
                                 ParentFiles(parent), None, OwnStream(self))
 
     def __repr__(self) -> str:
+        # Ray prefixes this actor's log lines with it: the stream's ID, never the session's.
         return f"NotificationActor({self.noti_id})"
 
     async def run(self) -> str:
-        """Rounds until stopped; a failing round is logged and tried again next interval."""
-        n = 0
-        while not self.stopped:
-            await asyncio.sleep(self._interval)
-            n += 1
-            try:
-                await self._round(n)
-            except LLMFailed as exc:
-                log.warning("stream %s round %d: %s", self.noti_id, n, exc)
-            except Exception:
-                log.exception("stream %s round %d failed", self.noti_id, n)
-        await self.parent.stream_stopped.remote(self.noti_id, "stopped")
+        """Rounds until stopped (by its model or by `stop`); answers "stopped" then. A failing
+        round is logged and tried again at the next interval."""
+        self._loop = asyncio.create_task(self._rounds())
+        with suppress(asyncio.CancelledError):
+            await self._loop
+        if not self.stopped:  # `run` itself was cancelled
+            raise asyncio.CancelledError
         return "stopped"
 
+    async def stop(self) -> None:
+        """Stop now: the round in progress is cancelled, so no model call follows."""
+        self.stopped = True
+        loop = self._loop
+        if loop is not None and not loop.done():
+            loop.cancel()
+            with suppress(asyncio.CancelledError):
+                await loop
+
+    async def ping(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "rounds": self.rounds, "stopped": self.stopped}
+
+    async def _rounds(self) -> None:
+        while not self.stopped:
+            self.rounds += 1
+            try:
+                await self._round(self.rounds)
+            except LLMFailed as exc:
+                log.warning("stream %s round %d: %s", self.noti_id, self.rounds, exc)
+            except Exception:
+                log.exception("stream %s round %d failed", self.noti_id, self.rounds)
+            if not self.stopped:
+                await asyncio.sleep(self._interval)
+
     async def _round(self, n: int) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         prompt = {"role": "user", "content": (
-            f"Round {n} of notification stream {self.noti_id} at "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}: check now.")}
+            f"Round {n} of notification stream {self.noti_id} ({stamp}). "
+            f"Task: {self._task_text}\nCheck now.")}
         added: list[dict[str, Any]] = [prompt]
 
         async def journal(bodies: list[dict[str, Any]]) -> None:
             added.extend(bodies)
 
         history = [*self._context, *(m for r in self._own for m in r), prompt]
-        async for _ in run_turn(self._client, self._settings.model, history,
-                                lambda: self._tools, self._ctx, journal,
-                                self._settings.max_rounds):
-            if self.stopped:
-                break
+        async for item in run_turn(self._client, self._settings.model, history,
+                                   lambda: self._tools, self._ctx, journal,
+                                   self._settings.max_rounds):
+            if self.stopped and item["event"] == "tool_result":
+                return  # it stopped itself: no further model call in this round
         if added[-1].get("role") == "assistant" and not added[-1].get("tool_calls"):
             self._own = [*self._own, added][-KEEP_ROUNDS:]
 

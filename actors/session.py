@@ -7,19 +7,21 @@ Named `session:<key>` in namespace `llmcam`, detached, asking for no CPU while i
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import openai
 import ray
 
-from actors.chat import LLMFailed, event, repair, run_turn
-from actors.context import ToolContext, file_name
-from actors.errors import NotFound, SessionGone
+from actors.chat import event, repair, run_turn
+from actors.context import ToolContext, Web, file_name
+from actors.errors import LLMFailed, NotFound, SessionGone
+from actors.llm import LLM
 from actors.names import NAMESPACE, actor_name, session_key
-from actors.netguard import UrlGuard, guarded_client
+from actors.netguard import UrlGuard
 from actors.session_files import SessionFiles, content_type
 from actors.settings import Settings
 from actors.store import Fenced, open_store
@@ -33,6 +35,15 @@ SYSTEM_PROMPT = (
     "Use the supplied tools. When a tool makes a file, show it to the user as a markdown "
     "image with the URL the tool gives, like ![name](/api/sessions/.../files/name)."
 )
+
+
+def release_memory() -> None:
+    """Hand freed heap back to the OS after start-up: hundreds of these actors share a node."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc
+        pass
 
 
 class SessionActor:
@@ -51,11 +62,8 @@ class SessionActor:
         self._history = [m.body for m in stored]
         self._turn_ids: list[str | None] = [m.turn_id for m in stored]
         self._lock = asyncio.Lock()
-        self._client = openai.AsyncOpenAI(api_key=settings.openai_api_key or "not-set",
-                                          base_url=settings.openai_base_url, max_retries=1,
-                                          timeout=120)
-        self._guard = UrlGuard(settings.allow_hosts)
-        self._http = guarded_client(self._guard)
+        self._llm = LLM(settings, self._key)
+        self._web = Web(UrlGuard(settings.allow_hosts))
         self._files = SessionFiles(self._store, self._key, self._epoch)
         self._toolbox = Toolbox(builtin_tools(settings), self._persist_service)
         for name, spec in self._store.services(self._key).items():
@@ -92,8 +100,8 @@ class SessionActor:
         return self._settings
 
     def context(self, streams: Any = None) -> ToolContext:
-        return ToolContext(self._sid, self._settings, self._guard, self._http, self._files,
-                           self._toolbox, streams or self._streams)
+        return ToolContext(self._sid, self._settings, self._web, self._files,
+                           self._llm, self._toolbox, streams or self._streams)
 
     def history(self) -> list[dict[str, Any]]:
         return list(self._history)
@@ -113,6 +121,7 @@ class SessionActor:
         """Bring the actor up (and its streams back); answers its pid for memory checks."""
         self._check()
         await self._streams.resume()
+        release_memory()
         return {"pid": os.getpid()}
 
     async def info(self) -> dict[str, Any]:
@@ -154,7 +163,7 @@ class SessionActor:
 
             messages = [{"role": "system", "content": SYSTEM_PROMPT}, *self._history]
             try:
-                async for item in run_turn(self._client, self._settings.model, messages,
+                async for item in run_turn(self._llm, self._settings.model, messages,
                                            self._toolbox.tools, self.context(), journal,
                                            self._settings.max_rounds):
                     if item["event"] != "done":

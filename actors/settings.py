@@ -7,10 +7,9 @@ cluster an actor runs in its node's environment, not the gateway's: nothing else
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 BUILTIN_TOOL_MODULES = ("actors.tools.camera", "actors.tools.vision", "actors.tools.files")
 
@@ -21,8 +20,10 @@ def _csv(value: object) -> list[str]:
     return list(value)  # type: ignore[call-overload]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LLMCAM_", extra="ignore", frozen=True)
+class Settings(BaseModel):
+    """Everything configurable; see `from_env` for where the values come from."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
 
     openai_api_key: str | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY")
@@ -39,8 +40,8 @@ class Settings(BaseSettings):
     detector_gpus: float | None = None
     detector_replicas: int = 1
     weathercam_url: str = "https://tie.digitraffic.fi/api/weathercam/v1"
-    allow_hosts: Annotated[list[str], NoDecode] = []
-    tool_modules: Annotated[list[str], NoDecode] = list(BUILTIN_TOOL_MODULES)
+    allow_hosts: list[str] = []
+    tool_modules: list[str] = list(BUILTIN_TOOL_MODULES)
     enable_shell: bool = False
     notify_interval: float = 30.0
     # Not in the contract: tuning knobs with safe defaults.
@@ -72,3 +73,18 @@ class Settings(BaseSettings):
             "ULTRALYTICS_SYNC": "False",
             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         }
+
+
+def from_env(**overrides: Any) -> Settings:
+    """Read the environment (once, in the gateway). Actors get the resulting plain model, so
+    they never import pydantic-settings nor read their own node's environment."""
+    from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+    class EnvSettings(BaseSettings, Settings):
+        model_config = SettingsConfigDict(env_prefix="LLMCAM_", extra="ignore", frozen=True,
+                                          populate_by_name=True)
+        # comma-separated in the environment, not JSON
+        allow_hosts: Annotated[list[str], NoDecode] = []
+        tool_modules: Annotated[list[str], NoDecode] = list(BUILTIN_TOOL_MODULES)
+
+    return Settings(**EnvSettings(**overrides).model_dump())

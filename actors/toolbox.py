@@ -15,7 +15,6 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from actors.context import ToolContext
-from actors.openapi_tools import api_tools, operations, parse_spec
 from actors.schema import Tool, function_tool
 
 Persist = Callable[[str, dict[str, Any] | None], Awaitable[None]]
@@ -69,6 +68,8 @@ class Toolbox:
 
 def tools_from_spec(service: str, spec: dict[str, Any], tool_modules: list[str]) -> list[Tool]:
     if spec["kind"] == "api":
+        from actors.openapi_tools import api_tools
+
         return api_tools(service, spec["base_url"], spec["operations"])
     return [function_tool(resolve_function(ref, tool_modules),
                           takes_context=_takes_context(resolve_function(ref, tool_modules)),
@@ -110,6 +111,8 @@ async def add_api_tools(
     response = await ctx.http.get(url)
     if not response.is_success:
         return f"Could not read the OpenAPI spec at {url}: HTTP {response.status_code}"
+    from actors.openapi_tools import operations, parse_spec
+
     ops = operations(parse_spec(response.text))
     if not ops:
         return f"The spec at {url} describes no operations; nothing added."

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from actors.errors import NotFound, SessionGone
-from actors.settings import Settings
+from actors.settings import Settings, from_env
 from actors.store import open_store
 from gateway.access_log import AccessLog
 from gateway.limits import BodyLimit
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, include_dashboard: bool | None = None,
                deploy_detector: bool = True) -> FastAPI:
-    settings = settings or Settings()
+    settings = settings or from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

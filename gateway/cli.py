@@ -18,9 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
-    from actors.settings import Settings
+    from actors.settings import from_env
 
-    settings = Settings(**({"ray_address": args.ray_address} if args.ray_address else {}))
+    settings = from_env(**({"ray_address": args.ray_address} if args.ray_address else {}))
     if not settings.ray_address:
         # Ray reads this when imported: an embedded Ray then binds and advertises 127.0.0.1
         # only, so a laptop's chat server exposes nothing to its network.

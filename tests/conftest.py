@@ -25,7 +25,7 @@ import pytest
 import ray
 import uvicorn
 
-from actors.settings import Settings
+from actors.settings import BUILTIN_TOOL_MODULES, Settings
 from gateway.app import create_app
 from tests.standins import DigitrafficServer, OpenAIServer, VideoServer
 
@@ -77,6 +77,7 @@ def make_settings(tmp: Path, llm: OpenAIServer, **overrides: object) -> Settings
         "openai_api_key": "test-key", "openai_base_url": llm.base_url, "data": tmp,
         "model": "test-model", "vision_model": "test-vision",
         "yolo_model": "yolov8n.yaml", "detector_gpus": 0, "notify_interval": 1,
+        "tool_modules": [*BUILTIN_TOOL_MODULES, "tests.sample_tools"],
     }
     values.update(overrides)
     return Settings(**values)
