@@ -12,15 +12,16 @@ import asyncio
 import logging
 import os
 import time
-from contextlib import suppress
+from contextlib import aclosing, suppress
 from typing import Any
 
-import openai
 import ray
 
-from actors.chat import LLMFailed, run_turn
-from actors.context import ToolContext
-from actors.netguard import UrlGuard, guarded_client
+from actors.chat import run_turn
+from actors.context import ToolContext, Web
+from actors.errors import LLMFailed
+from actors.llm import LLM
+from actors.netguard import UrlGuard
 from actors.settings import Settings
 from actors.store import FileInfo
 from actors.tools import builtin_tools
@@ -80,13 +81,10 @@ class NotificationActor:
         self._own: list[list[dict[str, Any]]] = []
         self._settings = settings
         self._loop: asyncio.Task[None] | None = None
-        self._client = openai.AsyncOpenAI(api_key=settings.openai_api_key or "not-set",
-                                          base_url=settings.openai_base_url, max_retries=1,
-                                          timeout=120)
-        guard = UrlGuard(settings.allow_hosts)
+        self._llm = LLM(settings, noti_id)  # a shared client actor; no OpenAI client here
         self._tools = builtin_tools(settings, in_stream=True)
-        self._ctx = ToolContext(session_id, settings, guard, guarded_client(guard),
-                                ParentFiles(parent), None, OwnStream(self))
+        self._ctx = ToolContext(session_id, settings, Web(UrlGuard(settings.allow_hosts)),
+                                ParentFiles(parent), self._llm, None, OwnStream(self))
 
     def __repr__(self) -> str:
         # Ray prefixes this actor's log lines with it: the stream's ID, never the session's.
@@ -95,6 +93,9 @@ class NotificationActor:
     async def run(self) -> str:
         """Rounds until stopped (by its model or by `stop`); answers "stopped" then. A failing
         round is logged and tried again at the next interval."""
+        from actors.session import release_memory
+
+        release_memory()  # start-up garbage: many of these share a node
         self._loop = asyncio.create_task(self._rounds())
         with suppress(asyncio.CancelledError):
             await self._loop
@@ -137,11 +138,12 @@ class NotificationActor:
             added.extend(bodies)
 
         history = [*self._context, *(m for r in self._own for m in r), prompt]
-        async for item in run_turn(self._client, self._settings.model, history,
-                                   lambda: self._tools, self._ctx, journal,
-                                   self._settings.max_rounds):
-            if self.stopped and item["event"] == "tool_result":
-                return  # it stopped itself: no further model call in this round
+        turn = run_turn(self._llm, self._settings.model, history, lambda: self._tools,
+                        self._ctx, journal, self._settings.max_rounds)
+        async with aclosing(turn):
+            async for item in turn:
+                if self.stopped and item["event"] == "tool_result":
+                    return  # it stopped itself: no further model call in this round
         if added[-1].get("role") == "assistant" and not added[-1].get("tool_calls"):
             self._own = [*self._own, added][-KEEP_ROUNDS:]
 

@@ -47,36 +47,47 @@ def release_memory() -> None:
 
 
 class SessionActor:
-    def __init__(self, session_id: str, settings: Settings) -> None:
+    def __init__(self, session_id: str, settings: Settings, spare: bool = False) -> None:
         self._sid = session_id
         self._key = session_key(session_id)
         self._settings = settings
         self._store = open_store(settings.db_url)
+        self._gone = False
+        self._loaded = False
+        self._created_at = time.time()
+        # Everything that does not depend on the session's data is made now, also for a spare
+        # (an actor started ahead of any user, so that no new user waits for a process).
+        self._lock = asyncio.Lock()
+        self._llm = LLM(settings, self._key)
+        self._web = Web(UrlGuard(settings.allow_hosts))
+        self._toolbox = Toolbox(builtin_tools(settings), self._persist_service)
+        self._streams = SessionStreams(self)
+        if not spare:
+            self._load()
+
+    def _load(self) -> bool:
+        """Take over the session's journal (a new epoch) and rebuild from it."""
         created = self._store.session_created_at(self._key)
-        self._gone = created is None
-        self._created_at = created or time.time()
-        if self._gone:
-            return
+        if created is None:
+            return False
+        self._created_at = created
         self._epoch = self._store.claim(self._key)
         stored = self._store.messages(self._key)
         self._history = [m.body for m in stored]
         self._turn_ids: list[str | None] = [m.turn_id for m in stored]
-        self._lock = asyncio.Lock()
-        self._llm = LLM(settings, self._key)
-        self._web = Web(UrlGuard(settings.allow_hosts))
         self._files = SessionFiles(self._store, self._key, self._epoch)
-        self._toolbox = Toolbox(builtin_tools(settings), self._persist_service)
         for name, spec in self._store.services(self._key).items():
             try:
-                self._toolbox.restore(name, spec, settings.tool_modules)
+                self._toolbox.restore(name, spec, self._settings.tool_modules)
             except Exception:  # a module that went away: the session lives on without it
                 continue
-        self._streams = SessionStreams(self)
         missing = repair(self._history)
         if missing:
             self._store.append(self._key, self._epoch, None, missing)
             self._history += missing
             self._turn_ids += [None] * len(missing)
+        self._loaded = True
+        return True
 
     def __repr__(self) -> str:
         # Ray prefixes log lines with this: the key, never the session ID.
@@ -113,10 +124,20 @@ class SessionActor:
             await asyncio.to_thread(self._store.put_service, self._key, self._epoch, name, spec)
 
     def _check(self) -> None:
-        if self._gone:
+        if self._gone or not (self._loaded or self._load()):
             raise SessionGone(self._key)
 
     # what the gateway calls ----------------------------------------------------------------------
+    async def warm(self, expire_after: float) -> dict[str, Any]:
+        """A spare's first call: ready, and gone by itself if no new user claims it in time."""
+        asyncio.get_running_loop().call_later(expire_after, self._expire)
+        release_memory()
+        return {"pid": os.getpid()}
+
+    def _expire(self) -> None:
+        if not self._loaded:  # still a spare: its gateway is gone or no longer needs it
+            ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
+
     async def start(self) -> dict[str, Any]:
         """Bring the actor up (and its streams back); answers its pid for memory checks."""
         self._check()
@@ -245,6 +266,8 @@ SessionActorRemote = ray.remote(SessionActor)
 
 
 def session_options(session_id: str) -> dict[str, Any]:
+    """Named (every gateway finds it), detached (a gateway restart does not take it down),
+    no CPU reserved while it waits, restarted by Ray but never retrying a turn by itself."""
     return {
         "name": actor_name(session_id), "namespace": NAMESPACE, "lifetime": "detached",
         "get_if_exists": True, "num_cpus": 0, "max_restarts": 3, "max_task_retries": 0,

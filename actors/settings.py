@@ -46,7 +46,7 @@ class Settings(BaseModel):
     notify_interval: float = 30.0
     # Not in the contract: tuning knobs with safe defaults.
     max_rounds: int = 10
-    spare_sessions: int = 0
+    spare_sessions: int = 16  # session actors kept started ahead of new users
 
     @field_validator("allow_hosts", "tool_modules", mode="before")
     @classmethod

@@ -96,11 +96,11 @@ class SessionStreams:
         self._life = asyncio.Lock()  # start, stop and resume one at a time
         self._numbering = asyncio.Lock()  # events are stored and pushed in one order
         self._closed = False
-        self._resumed: asyncio.Task[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
         try:
             # An async actor's constructor runs on its event loop (Ray 2.60): bring the streams
-            # back now, so a restarted actor resumes them even if no request calls start().
-            self._resumed = asyncio.get_running_loop().create_task(self._resume())
+            # back now, so an actor Ray restarted resumes them before any request comes.
+            self._resuming = asyncio.get_running_loop().create_task(self._resume_soon())
         except RuntimeError:
             pass
 
@@ -118,13 +118,8 @@ class SessionStreams:
 
     # life cycle ---------------------------------------------------------------------------------
     async def resume(self) -> None:
-        """Bring back the streams that were running when the last incarnation died (once)."""
-        if self._resumed is None or (self._resumed.done() and (
-                self._resumed.cancelled() or self._resumed.exception() is not None)):
-            self._resumed = asyncio.create_task(self._resume())
-        await asyncio.shield(self._resumed)
-
-    async def _resume(self) -> None:
+        """Bring back the streams that are running in the store but have no actor here (those
+        of an earlier incarnation of this session's actor, which died with it)."""
         async with self._life:
             if self._closed:
                 return
@@ -132,6 +127,12 @@ class SessionStreams:
                 if row["status"] == "running" and noti_id not in self._children:
                     log.info("resuming notification stream %s", noti_id)
                     self._spawn(noti_id, row["spec"])
+
+    async def _resume_soon(self) -> None:
+        try:
+            await self.resume()
+        except Exception:  # start() tries again
+            log.exception("resuming notification streams failed")
 
     def _spawn(self, noti_id: str, spec: dict[str, Any]) -> None:
         from actors.notification import NotificationActorRemote

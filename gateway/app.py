@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
         started = await asyncio.to_thread(connect, settings, include_dashboard=include_dashboard)
         store = open_store(settings.db_url)
         app.state.sessions = Sessions(settings, store)
+        app.state.sessions.spares.start()
         if deploy_detector:
             from actors.detector import deploy
 
@@ -41,6 +42,7 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
         try:
             yield
         finally:
+            await app.state.sessions.spares.close()
             store.close()
             if started:
                 await asyncio.to_thread(ray.shutdown)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,6 +39,11 @@ def main(argv: list[str] | None = None) -> None:
         # uvicorn's own access log would write session IDs; ours redacts them.
         uvicorn.run(create_app(settings), host=args.host, port=args.port, access_log=False,
                     log_level="info", timeout_graceful_shutdown=5)
+    except SystemExit as exc:
+        # uvicorn re-raises the stop signal after its graceful shutdown, and Ray's handler
+        # turns that into SystemExit(signum): that is the clean stop we were asked for.
+        if exc.code not in (signal.SIGTERM, signal.SIGINT):
+            raise
     finally:
         if started:
             ray.shutdown()

@@ -37,10 +37,19 @@ class Sessions:
         self.settings = settings
         self.store = store
         self._handles: OrderedDict[str, ActorHandle] = OrderedDict()
+        self.spares = SparePool(settings)
 
     async def create(self) -> str:
-        session_id = new_session_id()
+        """A new session, on a spare actor when one is ready (no process start on the path)."""
+        spare = self.spares.take()
+        session_id = spare[0] if spare else new_session_id()
         await asyncio.to_thread(self.store.create_session, session_key(session_id))
+        if spare:
+            try:
+                await spare[1].start.remote()
+                self._handles[session_key(session_id)] = spare[1]
+            except ray.exceptions.RayActorError:
+                pass  # the spare died; handle() below starts a fresh actor
         await self.handle(session_id)
         return session_id
 
@@ -87,3 +96,56 @@ class Sessions:
             await asyncio.to_thread(self.store.delete_session, session_key(session_id))
         self.forget(session_id)
         ray.kill(handle, no_restart=True)
+
+
+class SparePool:
+    """Session actors started ahead of any user, under IDs nobody has been given yet.
+
+    Starting an actor's worker process costs about a second of CPU; a burst of new users would
+    queue behind it. A spare is an actor that is up but not yet a session (no row in the store),
+    so it answers nothing until the gateway gives its ID to a new user. Spares are refilled one
+    at a time after each claim, and a spare unclaimed for an hour ends itself.
+    """
+
+    EXPIRE_AFTER = 3600.0
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.size = settings.spare_sessions
+        self._ready: list[tuple[str, ActorHandle]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wanted = asyncio.Event()
+
+    def take(self) -> tuple[str, ActorHandle] | None:
+        self._wanted.set()
+        return self._ready.pop(0) if self._ready else None
+
+    def start(self) -> None:
+        if self.size > 0 and self._task is None:
+            self._task = asyncio.create_task(self._fill())
+            self._wanted.set()
+
+    async def _fill(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            while len(self._ready) < self.size:
+                try:
+                    self._ready.append(await self._make())
+                except Exception:  # Ray busy or going away: try again later
+                    await asyncio.sleep(5)
+
+    async def _make(self) -> tuple[str, ActorHandle]:
+        session_id = new_session_id()
+        handle = await asyncio.to_thread(
+            lambda: SessionActorRemote.options(**session_options(session_id)).remote(
+                session_id, self.settings, True))
+        await handle.warm.remote(self.EXPIRE_AFTER)
+        return session_id, handle
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        for _, handle in self._ready:
+            ray.kill(handle, no_restart=True)
+        self._ready.clear()

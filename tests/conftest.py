@@ -77,7 +77,7 @@ def make_settings(tmp: Path, llm: OpenAIServer, **overrides: object) -> Settings
         "openai_api_key": "test-key", "openai_base_url": llm.base_url, "data": tmp,
         "model": "test-model", "vision_model": "test-vision",
         "yolo_model": "yolov8n.yaml", "detector_gpus": 0, "notify_interval": 1,
-        "tool_modules": [*BUILTIN_TOOL_MODULES, "tests.sample_tools"],
+        "tool_modules": [*BUILTIN_TOOL_MODULES, "tests.sample_tools"], "spare_sessions": 2,
     }
     values.update(overrides)
     return Settings(**values)
