@@ -1,0 +1,68 @@
+"""`llmcam serve` on a laptop: its own Ray on loopback, a clean stop that takes that Ray along."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.conftest import ROOT, free_port
+
+
+def loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
+def test_serve_with_embedded_ray(tmp_path: Path, llm) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update({"LLMCAM_DATA": str(tmp_path / "data"), "OPENAI_BASE_URL": llm.base_url,
+                "OPENAI_API_KEY": "k", "LLMCAM_SPARE_SESSIONS": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+                            env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            sid = c.post("/api/sessions").json()["session_id"]
+            reply = c.post(f"/api/sessions/{sid}/messages", json={"content": "laptop"})
+            assert reply.json()["reply"] == "echo: laptop"
+            assert c.get("/").status_code == 200 and "Send" in c.get("/").text
+            assert c.get("/openapi.json").json()["info"]["title"] == "llmcam"
+            assert c.get("/docs").status_code == 200
+        ray_procs = psutil.Process(proc.pid).children(recursive=True)
+        assert any("gcs_server" in " ".join(p.cmdline()) for p in ray_procs)
+        listening = [c for c in psutil.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN and c.pid in {p.pid for p in ray_procs}]
+        exposed = [(c.laddr, c.pid) for c in listening if not loopback(c.laddr.ip)]
+        assert listening and not exposed, exposed
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        deadline = time.monotonic() + 30  # the Ray it started goes with it
+        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in ray_procs):
+            assert time.monotonic() < deadline, [p.cmdline()[:2] for p in ray_procs
+                                                 if p.is_running()]
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sid not in log.read_text()
