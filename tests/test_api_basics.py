@@ -93,3 +93,21 @@ def test_tools_listing_is_openai_schema(client: httpx.Client) -> None:
         assert set(tool) == {"type", "function"}
         assert set(tool["function"]) == {"name", "description", "parameters"}
         assert tool["function"]["parameters"]["type"] == "object"
+
+
+def test_delete_session_forgets_everything(client: httpx.Client) -> None:
+    sid = new_session(client)
+    assert client.post(f"/api/sessions/{sid}/messages", json={"content": "x"}).is_success
+    assert client.delete(f"/api/sessions/{sid}").status_code == 204
+    for path in ("", "/messages", "/tools", "/files", "/notifications"):
+        assert client.get(f"/api/sessions/{sid}{path}").status_code == 404
+    assert client.post(f"/api/sessions/{sid}/messages", json={"content": "y"}).status_code == 404
+    assert client.get("/api/sessions/current").status_code == 404  # its cookie names nothing now
+    assert client.delete(f"/api/sessions/{sid}").status_code == 404
+
+
+def test_health_and_docs(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    schema = client.get("/openapi.json").json()
+    assert "/api/sessions/{sid}/messages" in schema["paths"]
+    assert client.get("/docs").status_code == 200
