@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -30,8 +31,8 @@ async def turn_events(sessions: Sessions, sid: str, content: str) -> AsyncIterat
     in its rebuilt actor under the same turn ID, so the message is recorded once."""
     turn_id = uuid.uuid4().hex
     for attempt in range(ATTEMPTS):
-        handle = await sessions.handle(sid)
         try:
+            handle = await sessions.handle(sid)
             async for ref in handle.chat.remote(turn_id, content):
                 yield await ref
             return
@@ -39,6 +40,7 @@ async def turn_events(sessions: Sessions, sid: str, content: str) -> AsyncIterat
             sessions.forget(sid)
             if attempt == ATTEMPTS - 1:
                 raise
+            await asyncio.sleep(0.1 * (attempt + 1))  # let a dying actor's name go
 
 
 @router.post("", response_model=Reply, responses={502: {"description": "LLM backend failed"}})
