@@ -22,6 +22,7 @@ from actors.store import SQLiteStore
 T = TypeVar("T")
 ATTEMPTS = 6
 CACHE_SIZE = 10_000
+STARTING = 4
 UNKNOWN = "unknown session"
 
 
@@ -38,6 +39,9 @@ class Sessions:
         self.store = store
         self._handles: OrderedDict[str, ActorHandle] = OrderedDict()
         self.spares = SparePool(settings)
+        # Each new actor process costs about a second of CPU: started all at once they share
+        # the cores and every user waits for the slowest; a few at a time, most answer early.
+        self._starting = asyncio.Semaphore(STARTING)
 
     async def create(self) -> str:
         """A new session, on a spare actor when one is ready (no process start on the path)."""
@@ -61,10 +65,11 @@ class Sessions:
             return cached
         if await asyncio.to_thread(self.store.session_created_at, key) is None:
             raise HTTPException(404, UNKNOWN)
-        handle = await asyncio.to_thread(
-            lambda: SessionActorRemote.options(**session_options(session_id)).remote(
-                session_id, self.settings))
-        await handle.start.remote()
+        async with self._starting:  # a burst starts processes a few at a time, not all at once
+            handle = await asyncio.to_thread(
+                lambda: SessionActorRemote.options(**session_options(session_id)).remote(
+                    session_id, self.settings))
+            await handle.start.remote()
         self._handles[key] = handle
         while len(self._handles) > CACHE_SIZE:
             self._handles.popitem(last=False)
