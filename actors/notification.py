@@ -81,10 +81,11 @@ class NotificationActor:
         self._own: list[list[dict[str, Any]]] = []
         self._settings = settings
         self._loop: asyncio.Task[None] | None = None
-        self._llm = LLM(settings, noti_id)  # a shared client actor; no OpenAI client here
+        llm = LLM(settings, noti_id)  # the shared OpenAI client actors, as the session's turns
+        self._model = llm
         self._tools = builtin_tools(settings, in_stream=True)
         self._ctx = ToolContext(session_id, settings, Web(UrlGuard(settings.allow_hosts)),
-                                ParentFiles(parent), self._llm, None, OwnStream(self))
+                                ParentFiles(parent), llm, None, OwnStream(self))
 
     def __repr__(self) -> str:
         # Ray prefixes this actor's log lines with it: the stream's ID, never the session's.
@@ -138,7 +139,7 @@ class NotificationActor:
             added.extend(bodies)
 
         history = [*self._context, *(m for r in self._own for m in r), prompt]
-        turn = run_turn(self._llm, self._settings.model, history, lambda: self._tools,
+        turn = run_turn(self._model, self._settings.model, history, lambda: self._tools,
                         self._ctx, journal, self._settings.max_rounds)
         async with aclosing(turn):
             async for item in turn:

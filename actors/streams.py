@@ -10,6 +10,7 @@ running come back when the session's actor is rebuilt (its constructor schedules
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import uuid
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from actors.errors import SessionGone
 from actors.store import Fenced
 
 if TYPE_CHECKING:
@@ -51,12 +53,20 @@ def stream_context(history: list[dict[str, Any]], noti_id: str, task: str) -> li
             if call.get("id") in answered:
                 continue
             function = call.get("function") or {}
-            ours = function.get("name") == "start_notification_stream" and task in str(
-                function.get("arguments", ""))
+            ours = (function.get("name") == "start_notification_stream"
+                    and _argument(function.get("arguments"), "task") == task)
             content = (f"Notification stream started with ID {noti_id}" if ours
                        else "(This result is not available to the notification stream.)")
             context.append({"role": "tool", "tool_call_id": call.get("id"), "content": content})
     return context
+
+
+def _argument(arguments: Any, name: str) -> Any:
+    try:
+        parsed = json.loads(arguments or "{}")
+    except (TypeError, ValueError):
+        return None
+    return parsed.get(name) if isinstance(parsed, dict) else None
 
 
 def stream_interval(requested: float | None, default: float) -> float:
@@ -130,7 +140,13 @@ class SessionStreams:
 
     async def _resume_soon(self) -> None:
         try:
+            # The session's own check loads it from the store if needed (an actor Ray restarts
+            # may come back as the spare it was created as); a spare that no user has claimed
+            # yet is no session, and has nothing to resume.
+            self._session._check()  # noqa: SLF001 - what every session method does first
             await self.resume()
+        except SessionGone:
+            pass
         except Exception:  # start() tries again
             log.exception("resuming notification streams failed")
 

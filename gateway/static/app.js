@@ -4,8 +4,10 @@
 // nodes, never innerHTML, so it cannot inject markup.
 
 const els = {};                  // DOM references, filled in init()
-// sid: current session; events: its EventSource; busy: a turn or session switch is running.
-const state = { sid: null, events: null, busy: false };
+// sid: current session; events: its EventSource; busy: a turn or session switch is running;
+// storedUpTo: the last event stored before the page opened the session (replayed into the
+// list, but not news: no toast for those).
+const state = { sid: null, events: null, busy: false, storedUpTo: 0 };
 const thinking = makeEl('div', { class: 'thinking', text: 'thinking…' });
 
 /* ---------- DOM helpers ---------- */
@@ -364,9 +366,13 @@ async function enterSession(sid) {
   els.log.replaceChildren();
   els.notifications.replaceChildren();
   els.notificationsEmpty.hidden = false;
+  // Event IDs run 1, 2, 3… per session and every event counts in its stream's `sent`, so
+  // their sum is the last event already stored.
+  const streams = await listStreams();
+  state.storedUpTo = (streams || []).reduce((n, s) => n + (Number(s.sent) || 0), 0);
+  if (streams) showStreams(streams);
   openEvents();
   await loadHistory();
-  refreshStreams();
 }
 
 // Rebuild bubbles and tool blocks from stored OpenAI-style messages.
@@ -422,13 +428,14 @@ function closeEvents() {
 function onNotification(ev) {
   let n;
   try { n = JSON.parse(ev.data); } catch { return; }
-  showToast(n.message ?? '');
+  const fresh = !(Number(ev.lastEventId) <= state.storedUpTo);
+  if (fresh) showToast(n.message ?? '');
   els.notifications.append(makeEl('li', { 'data-noti-id': n.noti_id ?? '' },
     makeEl('time', { text: formatTime(n.at) }), ' ',
     makeEl('span', { class: 'noti-message', text: n.message ?? '' })));
   while (els.notifications.children.length > 200) els.notifications.firstElementChild.remove();
   els.notificationsEmpty.hidden = true;
-  refreshStreams();
+  if (fresh) refreshStreams();             // its stream's `sent` went up
 }
 
 // `at` may be epoch seconds, epoch milliseconds or an ISO string.
@@ -445,15 +452,22 @@ function showToast(message) {
   setTimeout(() => toast.remove(), 6000);
 }
 
+// The session's streams, or null when they could not be read just now.
+async function listStreams() {
+  try { return await api('GET', sessionPath('/notifications')); } catch (err) {
+    console.warn('list streams:', err);     // transient; the next refresh retries
+    return null;
+  }
+}
+
 async function refreshStreams() {
   const sid = state.sid;
   if (!sid) return;
-  let streams;
-  try { streams = await api('GET', sessionPath('/notifications')); } catch (err) {
-    console.warn('refresh streams:', err);  // transient; the next refresh retries
-    return;
-  }
-  if (sid !== state.sid) return;            // session changed meanwhile
+  const streams = await listStreams();
+  if (streams && sid === state.sid) showStreams(streams);  // unless the session changed
+}
+
+function showStreams(streams) {
   els.streams.replaceChildren(...streams.map(streamItem));
   els.streamsEmpty.hidden = streams.length > 0;
 }
