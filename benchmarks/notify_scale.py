@@ -310,6 +310,7 @@ class Run:
     errors: Counter[str] = field(default_factory=Counter)
     llm_calls: int = 0
     killed: list[str] = field(default_factory=list)
+    idle_millicores: float | None = None
 
 
 def pct(values: list[float], q: float) -> float | None:
@@ -326,6 +327,19 @@ def cpu_by_process(procs: list[psutil.Process]) -> dict[tuple[int, float], float
             t = p.cpu_times()
             out[(p.pid, p.create_time())] = t.user + t.system
     return out
+
+
+def idle_floor(gw: Gateway, seconds: float = 8.0) -> float | None:
+    """CPU of an idle actor process (millicores): the session actors, before any stream."""
+    time.sleep(2.0)  # let their start-up settle
+    procs = [p for p in gw.tree() if gw.kind(p) == "SessionActor"]
+    if not procs:
+        return None
+    before = cpu_by_process(procs)
+    time.sleep(seconds)
+    after = cpu_by_process(procs)
+    used = [after[k] - before[k] for k in after if k in before]
+    return 1000 * statistics.median(used) / seconds if used else None
 
 
 def uss_by_kind(gw: Gateway) -> dict[str, list[float]]:
@@ -373,6 +387,7 @@ async def drive(gw: Gateway, llm: BenchLLM, args: argparse.Namespace, run: Run) 
 async def _measure(client: httpx.AsyncClient, gw: Gateway, llm: BenchLLM,
                    args: argparse.Namespace, run: Run, sids: list[str],
                    listeners: list[Listener]) -> None:
+    run.idle_millicores = await asyncio.to_thread(idle_floor, gw)
     t0 = time.monotonic()
     gate = asyncio.Semaphore(args.start_concurrency)
 
@@ -562,8 +577,10 @@ def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
          f"{lost} / {len(run.bad_listeners)} listeners, {len(run.bad_streams)} streams",
          "none", verdict(exact)),
         ("listener reconnects (each resumes with Last-Event-ID)", str(run.reconnects), "", ""),
-        ("LLM calls (how a stream reads the model)", f"{run.llm_calls} ({model_path()})", "",
-         ""),
+        ("LLM calls (each through the shared LLMClient actors, streamed)",
+         str(run.llm_calls), "", ""),
+        ("CPU of one idle actor process (session actors before any stream; millicores)",
+         fmt(run.idle_millicores, ".1f"), "", ""),
         ("errors", "; ".join(f"{k} × {v}" for k, v in run.errors.items()) or "0", "0",
          verdict(not run.errors)),
     ]
@@ -607,28 +624,27 @@ def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
     return "\n".join(lines) + "\n"
 
 
-def model_path() -> str:
-    from actors.llm import LLM
-
-    return ("whole replies, `LLM.message`" if hasattr(LLM, "message")
-            else "streamed deltas, `LLM.stream`")
-
-
 def limits_note(args: argparse.Namespace, run: Run, limiting: list[tuple[float, str]]) -> str:
     cores = psutil.cpu_count() or 1
     top = ", ".join(f"{k} ({v / max(run.window_s, 1e-9):.2f} cores)" for v, k in limiting[:3])
+    actors = run.started_streams + args.sessions + 2
+    floor = (f"{actors} actor processes × {run.idle_millicores:.0f} millicores ≈ "
+             f"{actors * run.idle_millicores / 1000:.2f} cores"
+             if run.idle_millicores is not None else "about 1% of a core per actor process")
     notes = [
-        f"CPU: everything (stand-in, listeners, gateway, Ray, {run.started_streams} stream "
-        f"actors, {args.sessions} session actors) shares these {cores} cores, and the busiest "
-        f"in the window were {top}; each round is two model calls through the shared LLMClient "
-        "actors (Ray streaming generators), one tool call, one actor call to the session, one "
-        "SQLite transaction and one SSE write, so CPU per round sets the ceiling on rounds per "
-        "second",
-        "rounds start `interval` after the previous one ended, so a busy machine stretches the "
-        "time between rounds (row above) rather than queueing work: the lag stays bounded",
-        "start-up: each stream is a process (about a second of CPU to start on this machine), "
-        "so starting many streams takes a while, and memory (USS per stream actor above) is "
-        "the per-node ceiling on streams",
+        f"CPU. Everything (stand-in, listeners, gateway, Ray, {run.started_streams} stream "
+        f"actors, {args.sessions} session actors, 2 LLMClient actors) shares these {cores} "
+        f"cores; the busiest in the window were {top}. Every Ray actor process costs CPU while "
+        "it waits (its task loop wakes every 10 ms to check for signals), so the actors alone "
+        f"keep {floor} busy before any round runs. Each round then is two model calls through "
+        "the two shared LLMClient actors (every streamed delta a Ray item), one tool call, an "
+        "actor call to the session, an SQLite transaction and an SSE write",
+        "rounds start `interval` after the previous one ended, so a saturated machine stretches "
+        "the time between rounds (row above) instead of piling up work; the lag is then the "
+        "time a ready event waits for CPU in the processes on its path",
+        "start-up: each stream is a process (about a second of CPU to start here), so 100 "
+        "streams take minutes to start on 2 cores; memory (USS per stream actor above) sets "
+        "how many streams a node holds",
         "the stand-in and the listeners share this process's GIL, which adds to the measured "
         "lag when this process is busy",
     ]
