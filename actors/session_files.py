@@ -8,7 +8,7 @@ import time
 from actors.context import file_name, safe_stem
 from actors.store import FileInfo, SQLiteStore
 
-PREFIX = {"capture": "cap", "detection": "detection", "plot": "plot"}
+PREFIX = {"capture": "cap", "detection": "detection", "plot": "plot", "upload": "upload"}
 CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
 MAX_FILE = 25 * 1024 * 1024
 

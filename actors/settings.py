@@ -44,6 +44,19 @@ class Settings(BaseModel):
     tool_modules: list[str] = list(BUILTIN_TOOL_MODULES)
     enable_shell: bool = False
     notify_interval: float = 30.0
+    # virtual session actors
+    idle_seconds: float = 600.0  # an idle session's actor exits after this long; 0 never
+    max_live_sessions: int | None = None  # None: sized from the cluster's memory
+    # the gateway's own checks
+    trusted_hosts: list[str] | None = None  # None: loopback names when listening on loopback
+    # bounds on what one session (or a model) can make the system hold
+    max_tool_calls: int = 8  # parallel tool calls one model message may ask for
+    max_fetch_bytes: int = 20 * 1024 * 1024  # bytes one tool fetch may read
+    max_files: int = 500  # files one session may keep
+    max_session_bytes: int = 512 * 1024 * 1024  # bytes of files one session may keep
+    max_listeners: int = 8  # open /events streams per session
+    max_replay: int = 1000  # stored events one /events connection replays at most
+    max_spec_bytes: int = 2 * 1024 * 1024  # an OpenAPI document, fetched or expanded
     # Not in the contract: tuning knobs with safe defaults.
     max_rounds: int = 10
     spare_sessions: int = 16  # session actors kept started ahead of new users
@@ -52,6 +65,11 @@ class Settings(BaseModel):
     @classmethod
     def _split_csv(cls, value: object) -> list[str]:
         return _csv(value)
+
+    @field_validator("trusted_hosts", mode="before")
+    @classmethod
+    def _split_csv_or_none(cls, value: object) -> list[str] | None:
+        return None if value is None or value == "" else _csv(value)
 
     @field_validator("data", mode="after")
     @classmethod
@@ -86,5 +104,6 @@ def from_env(**overrides: Any) -> Settings:
         # comma-separated in the environment, not JSON
         allow_hosts: Annotated[list[str], NoDecode] = []
         tool_modules: Annotated[list[str], NoDecode] = list(BUILTIN_TOOL_MODULES)
+        trusted_hosts: Annotated[list[str] | None, NoDecode] = None
 
     return Settings(**EnvSettings(**overrides).model_dump())
