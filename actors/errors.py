@@ -15,3 +15,8 @@ class ToolError(Exception):
 
 class LLMFailed(RuntimeError):
     """The model's server could not be reached or refused the request."""
+
+
+class Passivating(RuntimeError):
+    """This activation of the session is ending (idle, shed, or superseded); ask again and
+    the next activation answers."""

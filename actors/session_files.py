@@ -1,12 +1,13 @@
-"""A session's files (captures, detections, plots), kept in the store beside its messages."""
+"""A session's files (captures, detections, plots, uploads), kept in the store beside its
+messages so that an actor rebuilt on another node still has them."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from actors.context import file_name, safe_stem
-from actors.store import FileInfo, SQLiteStore
+from actors.journal import SessionJournal
+from actors.store import FileInfo
 
 PREFIX = {"capture": "cap", "detection": "detection", "plot": "plot", "upload": "upload"}
 CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
@@ -17,25 +18,39 @@ def content_type(name: str) -> str:
     return CONTENT_TYPES.get(name.rpartition(".")[2].lower(), "application/octet-stream")
 
 
+class FilesFull(ValueError):
+    """The session keeps as many files (or bytes) as it may; the text says which and why."""
+
+
 class SessionFiles:
     """Files of one session: a name is only ever looked up among this session's rows."""
 
-    def __init__(self, store: SQLiteStore, key: str, epoch: int) -> None:
-        self._store, self._key, self._epoch = store, key, epoch
+    def __init__(self, journal: SessionJournal, max_files: int = 500,
+                 max_bytes: int = 512 * 1024 * 1024) -> None:
+        self._journal = journal
+        self._max_files, self._max_bytes = max_files, max_bytes
 
     async def save(self, kind: str, stem: str, data: bytes, ext: str) -> str:
         if kind not in PREFIX:
             raise ValueError(f"unknown file kind {kind!r}")
         if len(data) > MAX_FILE:
             raise ValueError("file too large")
+        existing = await self.list()
+        if len(existing) >= self._max_files:
+            raise FilesFull(f"this session already keeps {len(existing)} files, the most "
+                            "allowed (LLMCAM_MAX_FILES); delete the session to start afresh")
+        if sum(f.size for f in existing) + len(data) > self._max_bytes:
+            raise FilesFull("this session's files would exceed "
+                            f"{self._max_bytes // (1024 * 1024)} MB, the most allowed "
+                            "(LLMCAM_MAX_SESSION_BYTES)")
         stamp = time.strftime("%Y.%m.%d_%H.%M.%S", time.gmtime())
         base = f"{PREFIX[kind]}_{stamp}_{safe_stem(stem)}"
-        names = {f.name for f in await self.list()}
+        names = {f.name for f in existing}
         name, n = f"{base}.{ext}", 1
         while name in names:
             n += 1
             name = f"{base}_{n}.{ext}"
-        await asyncio.to_thread(self._store.put_file, self._key, self._epoch, name, kind, data)
+        await self._journal.put_file(name, kind, data)
         return name
 
     async def read(self, name: str) -> bytes:
@@ -49,8 +64,8 @@ class SessionFiles:
         plain = file_name(name)
         if not plain:
             return None
-        return await asyncio.to_thread(self._store.file, self._key, plain)
+        return await self._journal.file(plain)
 
     async def list(self, kind: str | None = None) -> list[FileInfo]:
-        files = await asyncio.to_thread(self._store.files, self._key)
+        files = await self._journal.files()
         return [f for f in files if kind is None or f.kind == kind]

@@ -1,10 +1,11 @@
-"""The session's side of notification streams: its children, their events, its listeners.
+"""The session's side of notification streams: its children and their records.
 
 Each stream is a child NotificationActor created by the session actor (so Ray kills it with
-its owner, and only its session holds its handle). Events come back through `deliver`, take
-the session's next number, are stored, then pushed to every open /events listener; a listener
-that falls behind is caught up from the store, so nothing is lost or repeated. Streams that were
-running come back when the session's actor is rebuilt (its constructor schedules `resume`).
+its owner, and only its session holds its handle). Events come back through the session's
+`deliver`, which hands them to `EventHub` (actors/events.py) to be numbered, stored and pushed.
+Streams that were running come back when the session's actor is rebuilt or reactivated
+(`resume`). Collaborators are explicit: the session's journal, its settings, its history and
+its event hub; nothing here reaches back into the session actor.
 """
 
 from __future__ import annotations
@@ -14,20 +15,17 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import ray
 
-from actors.errors import SessionGone
+from actors.events import EventHub
+from actors.journal import SessionJournal
+from actors.settings import Settings
 from actors.store import Fenced
 
-if TYPE_CHECKING:
-    from actors.session import SessionActor
-
 MAX_RUNNING = 5
-MAX_MESSAGE = 10_000  # characters of one notification
-MAX_BACKLOG = 10_000  # undelivered events one listener may hold before it is caught up
 STOP_TIMEOUT = 5.0  # seconds a child gets to end its round before it is killed anyway
 log = logging.getLogger(__name__)
 
@@ -77,59 +75,35 @@ def stream_interval(requested: float | None, default: float) -> float:
     return max(1.0, value)
 
 
-class _Listener:
-    """One /events client: a bounded queue of live events."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
-        self.behind = False
-
-    def push(self, item: dict[str, Any]) -> None:
-        if self.behind:
-            return
-        if self.queue.qsize() >= MAX_BACKLOG:
-            # Too slow: drop the backlog and tell the reader to catch up from the store.
-            self.behind = True
-            while not self.queue.empty():
-                self.queue.get_nowait()
-            self.queue.put_nowait(None)
-            return
-        self.queue.put_nowait(item)
-
-
 class SessionStreams:
-    def __init__(self, session: SessionActor) -> None:
-        self._session = session
+    def __init__(self, journal: SessionJournal, settings: Settings, events: EventHub,
+                 history: Callable[[], list[dict[str, Any]]], session_id: str) -> None:
+        self._journal = journal
+        self._settings = settings
+        self._events = events
+        self._history = history
+        self._session_id = session_id
         self._children: dict[str, Any] = {}  # noti_id -> handle, running streams only
         self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._listeners: set[_Listener] = set()
         self._life = asyncio.Lock()  # start, stop and resume one at a time
-        self._numbering = asyncio.Lock()  # events are stored and pushed in one order
         self._closed = False
-        self._resuming: asyncio.Task[None] | None = None
-        try:
-            # An async actor's constructor runs on its event loop (Ray 2.60): bring the streams
-            # back now, so an actor Ray restarted resumes them before any request comes.
-            self._resuming = asyncio.get_running_loop().create_task(self._resume_soon())
-        except RuntimeError:
-            pass
 
-    # store helpers ------------------------------------------------------------------------------
-    async def _db(self, method: str, *args: Any) -> Any:
-        s = self._session
-        return await asyncio.to_thread(getattr(s.store, method), s.key, *args)
+    @property
+    def running(self) -> int:
+        """Streams running here (each keeps the session's actor live)."""
+        return len(self._children)
 
     async def _rows(self) -> dict[str, dict[str, Any]]:
-        return {row["noti_id"]: row for row in await self._db("streams")}
+        return {row["noti_id"]: row for row in await self._journal.streams()}
 
     async def listing(self) -> list[dict[str, Any]]:
         return [{k: row[k] for k in ("noti_id", "status", "started_at", "sent")}
-                for row in await self._db("streams")]
+                for row in await self._journal.streams()]
 
     # life cycle ---------------------------------------------------------------------------------
     async def resume(self) -> None:
         """Bring back the streams that are running in the store but have no actor here (those
-        of an earlier incarnation of this session's actor, which died with it)."""
+        of an earlier incarnation of this session's actor, which ended with it)."""
         async with self._life:
             if self._closed:
                 return
@@ -138,26 +112,13 @@ class SessionStreams:
                     log.info("resuming notification stream %s", noti_id)
                     self._spawn(noti_id, row["spec"])
 
-    async def _resume_soon(self) -> None:
-        try:
-            # The session's own check loads it from the store if needed (an actor Ray restarts
-            # may come back as the spare it was created as); a spare that no user has claimed
-            # yet is no session, and has nothing to resume.
-            self._session._check()  # noqa: SLF001 - what every session method does first
-            await self.resume()
-        except SessionGone:
-            pass
-        except Exception:  # start() tries again
-            log.exception("resuming notification streams failed")
-
     def _spawn(self, noti_id: str, spec: dict[str, Any]) -> None:
         from actors.notification import NotificationActorRemote
 
-        session = self._session
         child = NotificationActorRemote.options(num_cpus=0, max_restarts=0,
                                                 max_task_retries=0).remote(
-            ray.get_runtime_context().current_actor, session.context(streams=self).session_id,
-            noti_id, spec, session.settings)
+            ray.get_runtime_context().current_actor, self._session_id, noti_id, spec,
+            self._settings)
         self._children[noti_id] = child
         self._watchers[noti_id] = asyncio.create_task(
             self._watch(noti_id, child, child.run.remote()))
@@ -184,11 +145,11 @@ class SessionStreams:
             if len(running) >= MAX_RUNNING:
                 return (f"Refused: this session already runs {MAX_RUNNING} notification "
                         "streams, the most allowed. Stop one with stop_notification first.")
-            interval = stream_interval(interval_seconds, self._session.settings.notify_interval)
+            interval = stream_interval(interval_seconds, self._settings.notify_interval)
             noti_id = str(uuid.uuid4())
             spec = {"task": task, "interval": interval,
-                    "context": stream_context(self._session.history(), noti_id, task)}
-            await self._db("put_stream", self._session.epoch, noti_id, spec, "running")
+                    "context": stream_context(self._history(), noti_id, task)}
+            await self._journal.put_stream(noti_id, spec, "running")
             self._spawn(noti_id, spec)
         return f"Notification stream started with ID {noti_id}"
 
@@ -229,7 +190,7 @@ class SessionStreams:
         if watcher is not None and watcher is not asyncio.current_task():
             watcher.cancel()
         try:
-            await self._db("set_stream_status", self._session.epoch, noti_id, status)
+            await self._journal.set_stream_status(noti_id, status)
         except Fenced:
             pass  # a newer incarnation owns the session: its copy of the stream lives on
         if child is None:
@@ -246,40 +207,17 @@ class SessionStreams:
             self._closed = True
             await asyncio.gather(*(self._finish(n, "stopped") for n in list(self._children)))
 
+    def close(self) -> None:
+        """The actor is passivating (no stream runs): start no more."""
+        self._closed = True
+
     async def send(self, message: str) -> str:
         return "send_notification works only inside a notification stream."
 
     # events -------------------------------------------------------------------------------------
     async def deliver(self, noti_id: str, message: str) -> str:
         """From a child: number, store and push one notification (in order, exactly once)."""
-        message = str(message)[:MAX_MESSAGE]
-        async with self._numbering:
-            if noti_id not in self._children:
-                return "This stream is stopped; nothing was sent."
-            seq, at = await self._db("add_event", self._session.epoch, noti_id, message)
-            item = {"id": seq, "noti_id": noti_id, "message": message, "at": at}
-            for listener in list(self._listeners):
-                listener.push(item)
+        if noti_id not in self._children:
+            return "This stream is stopped; nothing was sent."
+        await self._events.publish(noti_id, message)
         return "Notification sent"
-
-    async def subscribe(self, after: int) -> AsyncIterator[dict[str, Any]]:
-        """Every stored event after `after`, then live ones, each exactly once and in order."""
-        last = max(0, int(after))
-        listener = _Listener()
-        try:
-            while True:
-                self._listeners.add(listener)  # before reading the store: nothing falls between
-                for seq, noti_id, message, at in await self._db("events_after", last):
-                    last = seq
-                    yield {"id": seq, "noti_id": noti_id, "message": message, "at": at}
-                while True:
-                    item = await listener.queue.get()
-                    if item is None:  # it fell behind: read the rest from the store
-                        self._listeners.discard(listener)
-                        listener = _Listener()
-                        break
-                    if item["id"] > last:
-                        last = item["id"]
-                        yield item
-        finally:
-            self._listeners.discard(listener)

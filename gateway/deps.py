@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.sessions import Sessions
+from gateway.sessions import SessionClient
 
 
-def get_sessions(request: Request) -> Sessions:
+def get_sessions(request: Request) -> SessionClient:
     return request.app.state.sessions
 
 
-SessionsDep = Annotated[Sessions, Depends(get_sessions)]
+SessionsDep = Annotated[SessionClient, Depends(get_sessions)]

@@ -1,29 +1,50 @@
-"""From a session ID to its live actor: get-or-create (race-free, by name), rebuild after a
-death, and one mapping of actor failures to what the HTTP caller sees."""
+"""The session client: the one place the gateway turns a session ID into a live actor.
+
+It owns ID -> handle (a cache of handles, never of session state), activation (found live by
+name, a spare handed over, or started: get-or-create by name, race-free), admission under the
+cluster's cap (the registry may passivate the least recently used idle session to make room,
+or answer that every live one is busy: `SessionsFull`, a 503 with Retry-After), the 404 for an
+unknown session, and the retry when an actor died or is passivating, for plain calls and
+streamed ones alike. Errors leave here as the types in actors/errors.py and `SessionsFull`;
+gateway/errors.py maps each to its HTTP status once.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import ray
-from fastapi import HTTPException
 from ray.actor import ActorHandle
 
-from actors.errors import SessionGone
-from actors.names import session_key
+from actors.errors import Passivating, SessionGone
+from actors.metrics import record
+from actors.names import NAMESPACE, actor_name, session_key
 from actors.session import SessionActorRemote, session_options
 from actors.settings import Settings
-from actors.store import SQLiteStore
+from actors.store import Store
 
 T = TypeVar("T")
-ATTEMPTS = 6
 CACHE_SIZE = 10_000
-STARTING = 4
-UNKNOWN = "unknown session"
+STARTING = 4  # actor processes started at once by one gateway
+RETRY_S = 90.0  # how long a call follows its session through deaths and handovers (a lost
+# node is declared dead after Ray's health checks fail, then its actors restart elsewhere)
+CREATION_ATTEMPTS = 2  # a constructor that fails (store down) is not retried for long
+log = logging.getLogger(__name__)
+_MOVED = (Passivating, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+
+
+class SessionsFull(RuntimeError):
+    """Every live session actor is busy and the cluster's cap is reached."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__("every session slot of the cluster is busy; try again shortly")
+        self.retry_after = retry_after
 
 
 def new_session_id() -> str:
@@ -31,76 +52,171 @@ def new_session_id() -> str:
     return secrets.token_urlsafe(32)
 
 
-class Sessions:
-    """The gateway's view of sessions. It caches handles, never session state."""
-
-    def __init__(self, settings: Settings, store: SQLiteStore) -> None:
+class SessionClient:
+    def __init__(self, settings: Settings, store: Store, registry: Any,
+                 scheduling: Any = None) -> None:
         self.settings = settings
         self.store = store
+        self.registry = registry
+        self.scheduling = scheduling
         self._handles: OrderedDict[str, ActorHandle] = OrderedDict()
-        self.spares = SparePool(settings)
+        self._activating: dict[str, asyncio.Lock] = {}
+        self.spares = SparePool(settings, scheduling)
         # Each new actor process costs about a second of CPU: started all at once they share
         # the cores and every user waits for the slowest; a few at a time, most answer early.
         self._starting = asyncio.Semaphore(STARTING)
 
+    # creating ------------------------------------------------------------------------------------
     async def create(self) -> str:
-        """A new session, on a spare actor when one is ready (no process start on the path)."""
+        """A new session: a row in the store. A spare actor is handed over when one is ready
+        and there is room; otherwise the first request activates it."""
         spare = self.spares.take()
         session_id = spare[0] if spare else new_session_id()
-        await asyncio.to_thread(self.store.create_session, session_key(session_id))
+        key = session_key(session_id)
+        await asyncio.to_thread(self.store.create_session, key)
         if spare:
+            handed = False
             try:
-                await spare[1].start.remote()
-                self._handles[session_key(session_id)] = spare[1]
-            except ray.exceptions.RayActorError:
-                pass  # the spare died; handle() below starts a fresh actor
-        await self.handle(session_id)
+                if await self.registry.admit.remote(key) is None:
+                    await spare[1].start.remote()
+                    self._remember(key, spare[1])
+                    record("activations", kind="warm")
+                    handed = True
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                pass  # the spare died: the first request starts a fresh actor
+            if not handed:
+                ray.kill(spare[1], no_restart=True)
         return session_id
 
+    # activating ----------------------------------------------------------------------------------
     async def handle(self, session_id: str) -> ActorHandle:
+        """The session's live actor, activated if need be."""
         key = session_key(session_id)
         cached = self._handles.get(key)
         if cached is not None:
             self._handles.move_to_end(key)
             return cached
-        if await asyncio.to_thread(self.store.session_created_at, key) is None:
-            raise HTTPException(404, UNKNOWN)
+        # Requests that arrive while the session is being activated wait for that activation
+        # and then go on in their order of arrival (the lock is FIFO).
+        lock = self._activating.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                cached = self._handles.get(key)
+                if cached is not None:
+                    return cached
+                if await asyncio.to_thread(self.store.session_created_at, key) is None:
+                    raise SessionGone(key)
+                try:  # live already (another gateway's, or one this gateway forgot)
+                    handle = await asyncio.to_thread(ray.get_actor, actor_name(session_id),
+                                                     namespace=NAMESPACE)
+                    record("activations", kind="warm")
+                except ValueError:
+                    handle = await self._activate(session_id, key)
+                self._remember(key, handle)
+                return handle
+        finally:
+            if self._activating.get(key) is lock and not lock.locked():
+                del self._activating[key]
+
+    async def _activate(self, session_id: str, key: str) -> ActorHandle:
+        wait = await self.registry.admit.remote(key)
+        if wait is not None:
+            raise SessionsFull(wait)
         async with self._starting:  # a burst starts processes a few at a time, not all at once
             handle = await asyncio.to_thread(
-                lambda: SessionActorRemote.options(**session_options(session_id)).remote(
+                lambda: SessionActorRemote.options(
+                    **session_options(session_id, self.scheduling)).remote(
                     session_id, self.settings))
             await handle.start.remote()
+        record("activations", kind="cold")
+        return handle
+
+    def _remember(self, key: str, handle: ActorHandle) -> None:
         self._handles[key] = handle
         while len(self._handles) > CACHE_SIZE:
             self._handles.popitem(last=False)
-        return handle
 
     def forget(self, session_id: str) -> None:
         self._handles.pop(session_key(session_id), None)
 
+    # calling -------------------------------------------------------------------------------------
     async def call(self, session_id: str, fn: Callable[[ActorHandle], Awaitable[T]]) -> T:
-        """Call the session's actor; one that died is rebuilt from the store and called again."""
-        for attempt in range(ATTEMPTS):
+        """Call the session's actor; one that died or is passivating is followed to the next
+        activation and called again (the actor methods called this way are safe to repeat)."""
+        retry = _Retry()
+        while True:
             try:
                 return await fn(await self.handle(session_id))
-            except SessionGone as exc:
+            except _MOVED as exc:
                 self.forget(session_id)
-                raise HTTPException(404, UNKNOWN) from exc
-            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                await retry.wait(exc)
+
+    async def stream(self, session_id: str,
+                     make: Callable[[ActorHandle], Any]) -> AsyncIterator[Any]:
+        """Items of a streamed actor call, followed through actor deaths: `make` is called
+        again on the next activation (it may resume where the last items left off). The
+        actor's generator is cancelled when the reader goes away."""
+        retry = _Retry()
+        while True:
+            try:
+                generator = make(await self.handle(session_id))
+                try:
+                    async for ref in generator:
+                        item = await ref
+                        retry = _Retry()  # it answered: a later death gets a full RETRY_S
+                        yield item
+                finally:
+                    _cancel(generator)
+                return
+            except _MOVED as exc:
                 self.forget(session_id)
-                if attempt == ATTEMPTS - 1:
-                    raise
-                await asyncio.sleep(0.1 * (attempt + 1))  # let a dying actor's name go
-        raise AssertionError("unreachable")
+                await retry.wait(exc)
 
     async def delete(self, session_id: str) -> None:
-        handle = await self.handle(session_id)
-        try:
-            await handle.delete.remote()
-        except ray.exceptions.RayActorError:
-            await asyncio.to_thread(self.store.delete_session, session_key(session_id))
+        key = session_key(session_id)
+        if await asyncio.to_thread(self.store.session_created_at, key) is None:
+            raise SessionGone(key)
         self.forget(session_id)
-        ray.kill(handle, no_restart=True)
+        try:
+            handle = await asyncio.to_thread(ray.get_actor, actor_name(session_id),
+                                             namespace=NAMESPACE)
+        except ValueError:
+            handle = None  # not live: the store is all there is
+        if handle is not None:
+            try:
+                await handle.delete.remote()
+            except _MOVED:
+                pass
+            ray.kill(handle, no_restart=True)
+        await asyncio.to_thread(self.store.delete_session, key)
+        self.registry.gone.remote(key, "deleted")
+
+
+class _Retry:
+    """Backoff while a session moves to its next activation, for at most RETRY_S."""
+
+    def __init__(self) -> None:
+        self._deadline = time.monotonic() + RETRY_S
+        self._delay = 0.05
+        self._creation_failures = 0
+
+    async def wait(self, exc: BaseException) -> None:
+        if "creation task" in str(exc):
+            self._creation_failures += 1
+            if self._creation_failures >= CREATION_ATTEMPTS:
+                raise exc
+        if time.monotonic() + self._delay > self._deadline:
+            raise exc
+        await asyncio.sleep(self._delay)
+        self._delay = min(self._delay * 2, 1.0)
+
+
+def _cancel(generator: Any) -> None:
+    """A reader that left must not leave a generator running in the session's actor."""
+    try:
+        ray.cancel(generator, recursive=False)
+    except Exception:  # its actor is gone already
+        pass
 
 
 class SparePool:
@@ -114,8 +230,9 @@ class SparePool:
 
     EXPIRE_AFTER = 3600.0
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, scheduling: Any = None) -> None:
         self.settings = settings
+        self.scheduling = scheduling
         self.size = settings.spare_sessions
         self._ready: list[tuple[str, ActorHandle]] = []
         self._task: asyncio.Task[None] | None = None
@@ -143,7 +260,8 @@ class SparePool:
     async def _make(self) -> tuple[str, ActorHandle]:
         session_id = new_session_id()
         handle = await asyncio.to_thread(
-            lambda: SessionActorRemote.options(**session_options(session_id)).remote(
+            lambda: SessionActorRemote.options(
+                **session_options(session_id, self.scheduling)).remote(
                 session_id, self.settings, True))
         await handle.warm.remote(self.EXPIRE_AFTER)
         return session_id, handle

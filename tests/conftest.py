@@ -171,3 +171,24 @@ class ServeProcess:
     def stop(self) -> int:
         self.proc.terminate()
         return self.proc.wait(30)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """One real PostgreSQL server (temp dir, loopback port) for the whole run: its URL."""
+    from testing.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server.url
+
+
+def fresh_database(url: str) -> str:
+    """A new, empty database on the same server (so tests do not see each other's rows)."""
+    import uuid
+
+    import psycopg
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + "/" + name

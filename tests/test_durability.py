@@ -21,6 +21,7 @@ def session_actor(sid: str):
 
 def test_actor_name_hides_the_session_id(client: httpx.Client) -> None:
     sid = new_session(client)
+    assert client.get(f"/api/sessions/{sid}").is_success  # live now, whether or not it was
     names = [n["name"] for n in ray.util.list_named_actors(all_namespaces=True)
              if n["namespace"] == NAMESPACE]
     assert actor_name(sid) in names  # found by its documented name

@@ -1,23 +1,26 @@
-"""The conversation: read it, and post a turn as JSON or as an SSE stream."""
+"""The conversation: read it, and post a turn as JSON or as an SSE stream (one path for both:
+the session actor's streamed turn, followed through actor deaths by the session client)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
-import ray
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from gateway.deps import SessionsDep
 from gateway.models import Message, PostMessage, Reply
-from gateway.sessions import ATTEMPTS, Sessions
+from gateway.sessions import SessionClient
+from gateway.sse import sse_event
 
 router = APIRouter(prefix="/api/sessions/{sid}/messages", tags=["chat"])
+log = logging.getLogger(__name__)
 
 
 @router.get("", response_model=list[Message], response_model_exclude_unset=True)
@@ -26,51 +29,41 @@ async def get_messages(sid: str, sessions: SessionsDep) -> Any:
     return await sessions.call(sid, lambda h: h.messages.remote())
 
 
-async def turn_events(sessions: Sessions, sid: str, content: str) -> AsyncIterator[dict[str, Any]]:
+def turn_events(sessions: SessionClient, sid: str, content: str) -> AsyncIterator[dict[str, Any]]:
     """The turn's events from the session actor. If the actor dies mid-turn, the turn goes on
-    in its rebuilt actor under the same turn ID, so the message is recorded once."""
+    in its next activation under the same turn ID, so the message is recorded once."""
     turn_id = uuid.uuid4().hex
-    for attempt in range(ATTEMPTS):
-        try:
-            handle = await sessions.handle(sid)
-            async for ref in handle.chat.remote(turn_id, content):
-                yield await ref
-            return
-        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
-            sessions.forget(sid)
-            if attempt == ATTEMPTS - 1:
-                raise
-            await asyncio.sleep(0.1 * (attempt + 1))  # let a dying actor's name go
+    return sessions.stream(sid, lambda h: h.chat.remote(turn_id, content))
 
 
 @router.post("", response_model=Reply, responses={502: {"description": "LLM backend failed"}})
 async def post_message(sid: str, body: PostMessage, request: Request,
                        sessions: SessionsDep) -> Any:
     """Run one turn. With `Accept: text/event-stream`, stream it as SSE events."""
-    await sessions.handle(sid)  # 404 before any stream starts
+    await sessions.handle(sid)  # 404 (or 503 when full) before any stream starts
     events = turn_events(sessions, sid, body.content)
     if "text/event-stream" in request.headers.get("accept", ""):
         return EventSourceResponse(_sse(events), ping=15,
                                    headers={"Cache-Control": "no-store"})
-    reply, messages = "", []
-    async for item in events:
-        if item["event"] == "error":
-            return JSONResponse({"detail": item["data"]["detail"]},
-                                status_code=item["data"].get("status", 502))
-        if item["event"] == "done":
-            reply = item["data"]["reply"]
-        elif item["event"] == "turn":
-            messages = item["data"]["messages"]
-    return {"reply": reply, "messages": messages}
+    async with aclosing(events):
+        async for item in events:
+            if item["event"] == "error":
+                return JSONResponse({"detail": item["data"]["detail"]},
+                                    status_code=item["data"].get("status", 502))
+            if item["event"] == "done":
+                return {"reply": item["data"]["reply"], "messages": item["data"]["messages"]}
+    return JSONResponse({"detail": "the turn ended without an answer"}, status_code=502)
 
 
 async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, str]]:
-    # The turn is not cancelled when the client goes: the actor finishes and stores it.
+    # A client that goes away stops only its reading: the actor finishes and stores the turn.
     try:
         async for item in events:
-            if item["event"] == "turn":
-                continue
-            data = {k: v for k, v in item["data"].items() if k != "status"}
-            yield {"event": item["event"], "data": json.dumps(data)}
+            if (out := sse_event(item)) is not None:
+                yield out
     except Exception as exc:  # the stream has started: report in-band
-        yield {"event": "error", "data": json.dumps({"detail": f"turn failed: {exc}"[:300]})}
+        log.warning("a streamed turn failed: %s", type(exc).__name__)
+        yield {"event": "error", "data": json.dumps({"detail": "the turn could not be "
+                                                               "followed to its end"})}
+    finally:
+        await events.aclose()  # stop reading now (the turn itself runs on in the actor)

@@ -1,33 +1,32 @@
 """Live notifications of a session as SSE, replayed from the store after Last-Event-ID.
 
-The session actor yields the events (a Ray streaming generator, read here). If that actor dies
-while a client listens, the listener moves on to its rebuilt actor from the last event it sent,
-so the client sees neither a gap nor a repeat. A closed tab cancels the actor's generator.
+The session actor yields the events (a Ray streaming generator, read through the session
+client). If that actor dies while a client listens, the listener moves on to its next
+activation from the last event it sent, so the client sees neither a gap nor a repeat. A
+closed tab cancels the actor's generator.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import ray
 from fastapi import APIRouter, Header, HTTPException
 from sse_starlette import EventSourceResponse
 
 from actors.errors import SessionGone
 from gateway.deps import SessionsDep
-from gateway.sessions import ATTEMPTS, Sessions
+from gateway.sessions import SessionClient
 
 router = APIRouter(prefix="/api/sessions/{sid}/events", tags=["notifications"])
 PING_SECONDS = 10.0  # a comment line at least this often keeps proxies from closing the stream
 log = logging.getLogger(__name__)
-_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
 
 
-@router.get("", responses={404: {"description": "unknown session"}})
+@router.get("", responses={404: {"description": "unknown session"},
+                           429: {"description": "too many open /events streams"}})
 async def events(sid: str, sessions: SessionsDep,
                  last_event_id: str | None = Header(default=None)) -> EventSourceResponse:
     """SSE of the session's notifications: `id: <n>`, `event: notification`, data
@@ -37,47 +36,35 @@ async def events(sid: str, sessions: SessionsDep,
         after = int((last_event_id or "0").strip() or 0)
     except ValueError as exc:
         raise HTTPException(422, "Last-Event-ID must be an event number") from exc
-    await sessions.call(sid, lambda h: h.start.remote())  # 404 before the stream starts
-    return EventSourceResponse(_stream(sessions, sid, max(after, 0)), ping=PING_SECONDS,
+    items = _items(sessions, sid, max(after, 0))
+    await anext(items)  # the actor's `ready`: 404 or 429 now, before the stream starts
+    return EventSourceResponse(_sse(items), ping=PING_SECONDS,
                                headers={"Cache-Control": "no-store",
                                         "X-Accel-Buffering": "no"})
 
 
-async def _stream(sessions: Sessions, sid: str, after: int) -> AsyncIterator[dict[str, Any]]:
-    last, failures = after, 0
-    while failures < ATTEMPTS:
-        try:
-            handle = await sessions.handle(sid)
-        except HTTPException:
-            return  # the session was deleted
-        except _DIED:
-            sessions.forget(sid)
-            failures += 1
-            await asyncio.sleep(0.2 * failures)
-            continue
-        generator = handle.events.remote(last)
-        try:
-            async for ref in generator:
-                item = await ref
-                last, failures = item["id"], 0
-                yield {"id": str(item["id"]), "event": "notification",
-                       "data": json.dumps({k: item[k] for k in ("noti_id", "message", "at")})}
-            return
-        except SessionGone:
-            return
-        except _DIED:
-            # Its actor died: go on with the rebuilt one, from the last event sent.
-            sessions.forget(sid)
-            failures += 1
-            await asyncio.sleep(0.2 * failures)
-        finally:
-            _cancel(generator)
-    log.warning("notification stream gave up after %d failed attempts", ATTEMPTS)
+async def _items(sessions: SessionClient, sid: str, after: int) -> AsyncIterator[dict[str, Any]]:
+    last = after
+
+    def make(handle: Any) -> Any:
+        return handle.events.remote(last)  # after a move: from the last event sent
+
+    async for item in sessions.stream(sid, make):
+        if "id" in item:
+            last = item["id"]
+        yield item
 
 
-def _cancel(generator: Any) -> None:
-    """A closed browser tab must not leave a listener behind in the session's actor."""
+async def _sse(items: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     try:
-        ray.cancel(generator)
-    except Exception:  # its actor is gone already
-        pass
+        async for item in items:
+            if "id" not in item:
+                continue  # a `ready` from the next activation
+            yield {"id": str(item["id"]), "event": "notification",
+                   "data": json.dumps({k: item[k] for k in ("noti_id", "message", "at")})}
+    except SessionGone:
+        return  # the session was deleted
+    except Exception as exc:
+        log.warning("notification stream ended: %s", type(exc).__name__)
+    finally:
+        await items.aclose()  # a closed tab cancels the actor's generator now, not at GC

@@ -6,9 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Cookie, HTTPException, Response
 
+from actors.errors import NotFound
 from gateway.deps import SessionsDep
+from gateway.errors import UNKNOWN
 from gateway.models import NewSession, SessionInfo, Stream
-from gateway.sessions import UNKNOWN
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 COOKIE = "llmcam_session"
@@ -56,8 +57,6 @@ async def get_notifications(sid: str, sessions: SessionsDep) -> Any:
 
 @router.delete("/{sid}/notifications/{noti_id}", status_code=204)
 async def stop_notification(sid: str, noti_id: str, sessions: SessionsDep) -> Response:
-    from actors.errors import NotFound
-
     try:
         await sessions.call(sid, lambda h: h.stop_stream.remote(noti_id))
     except NotFound as exc:

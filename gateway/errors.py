@@ -1,0 +1,70 @@
+"""One map from the errors the actors and the session client raise to what HTTP callers see.
+
+Actors never pick status codes; each error type is mapped here once. A Ray-wrapped error
+(`RayTaskError(SessionGone)`) is an instance of its cause, so the same handler answers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import ray
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from actors.errors import NotFound, Passivating, SessionGone
+from actors.events import TooManyListeners
+from actors.session_files import FilesFull
+from actors.store import StoreError
+from gateway.sessions import SessionsFull
+
+UNKNOWN = "unknown session"
+log = logging.getLogger(__name__)
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(SessionGone)
+    async def gone(_: Request, exc: SessionGone) -> JSONResponse:
+        return JSONResponse({"detail": UNKNOWN}, status_code=404)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": "not found"}, status_code=404)
+
+    @app.exception_handler(SessionsFull)
+    async def full(_: Request, exc: SessionsFull) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503,
+                            headers={"Retry-After": str(math.ceil(exc.retry_after))})
+
+    @app.exception_handler(TooManyListeners)
+    async def listeners(_: Request, exc: TooManyListeners) -> JSONResponse:
+        return JSONResponse({"detail": _cause_text(exc)}, status_code=429)
+
+    @app.exception_handler(FilesFull)
+    async def files_full(_: Request, exc: FilesFull) -> JSONResponse:
+        return JSONResponse({"detail": _cause_text(exc)}, status_code=409)
+
+    @app.exception_handler(StoreError)
+    async def store_down(_: Request, exc: StoreError) -> JSONResponse:
+        log.warning("store failed: %s", _cause_text(exc))
+        return JSONResponse({"detail": "the session store is unreachable; nothing was lost, "
+                             "try again shortly"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+    @app.exception_handler(Passivating)
+    @app.exception_handler(ray.exceptions.RayActorError)
+    @app.exception_handler(ray.exceptions.RaySystemError)
+    @app.exception_handler(ray.exceptions.ActorUnavailableError)
+    @app.exception_handler(ConnectionError)
+    async def ray_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("Ray call failed: %s", type(exc).__name__)
+        return JSONResponse({"detail": "the Ray cluster is unreachable or the session's actor "
+                             "could not be started"}, status_code=503,
+                            headers={"Retry-After": "5"})
+
+
+def _cause_text(exc: BaseException) -> str:
+    """The message of the error an actor raised, without Ray's traceback around it."""
+    cause = getattr(exc, "cause", None)
+    return str(cause if isinstance(cause, BaseException) else exc).strip().splitlines()[-1]
