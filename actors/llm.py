@@ -8,7 +8,9 @@ gateways with other settings get their own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -67,6 +69,8 @@ class LLMClient:
 
 
 LLMClientRemote = ray.remote(LLMClient)
+_DIED = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
+RESTART_WAIT_S = 60.0  # a lost node is declared dead, then its actors restart elsewhere
 PROXIES = 2  # per cluster and server; each is one process that mostly waits on the network
 
 
@@ -86,20 +90,34 @@ class LLM:
         ).remote(settings)
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[Chunk]:
-        try:
-            async for ref in self._handle.stream.remote(request):
-                chunk = await ref
-                if "error" in chunk:
-                    raise LLMFailed(chunk["error"])
-                yield chunk
-        except ray.exceptions.RayActorError as exc:
-            raise LLMFailed("the LLM client actor died; try again") from exc
+        """Chunks of one completion. A client actor that died before its first chunk (its node
+        was lost) is waited for while Ray restarts it elsewhere, then asked again."""
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while True:
+            started = False
+            try:
+                async for ref in self._handle.stream.remote(request):
+                    chunk = await ref
+                    if "error" in chunk:
+                        raise LLMFailed(chunk["error"])
+                    started = True
+                    yield chunk
+                return
+            except _DIED as exc:
+                if started or time.monotonic() > deadline:
+                    raise LLMFailed("the LLM client actor died; try again") from exc
+                await asyncio.sleep(0.5)
 
     async def complete(self, request: dict[str, Any]) -> str:
-        try:
-            answer = await self._handle.complete.remote(request)
-        except ray.exceptions.RayActorError as exc:
-            raise LLMFailed("the LLM client actor died; try again") from exc
+        deadline = time.monotonic() + RESTART_WAIT_S
+        while True:
+            try:
+                answer = await self._handle.complete.remote(request)
+                break
+            except _DIED as exc:
+                if time.monotonic() > deadline:
+                    raise LLMFailed("the LLM client actor died; try again") from exc
+                await asyncio.sleep(0.5)
         if "error" in answer:
             raise LLMFailed(answer["error"])
         return answer["content"]

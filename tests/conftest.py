@@ -11,6 +11,10 @@ WORKER_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT_DIR,
 }
 os.environ.update(WORKER_ENV)  # before Ray is imported: it reads these at import time
+# The test Ray's GCS declares a node dead after ~3 s of failed health checks (Ray's default is
+# ~15 s): the node-loss tests kill a raylet and wait for its actors to come back elsewhere.
+os.environ.setdefault("RAY_health_check_period_ms", "1000")
+os.environ.setdefault("RAY_health_check_failure_threshold", "3")
 
 import socket
 import subprocess
