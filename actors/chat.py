@@ -77,8 +77,12 @@ async def _complete(llm: LLM, model: str, messages: list[dict[str, Any]],
 
 async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
                    tools: Callable[[], list[Tool]], ctx: Any, journal: Journal,
-                   max_rounds: int = 10) -> AsyncIterator[Event]:
-    """Continue the conversation in `history` (which ends with the user's message)."""
+                   max_rounds: int = 10, *, max_tool_calls: int = 8) -> AsyncIterator[Event]:
+    """Continue the conversation in `history` (which ends with the user's message).
+
+    At most `max_tool_calls` of one model message's calls run (a model could ask for
+    hundreds at once); the others get a refusal as their result, so every call is answered
+    and the history stays a valid conversation."""
     for _ in range(max_rounds):
         toolset = {tool.name: tool for tool in tools()}
         message: dict[str, Any] = {}
@@ -97,9 +101,12 @@ async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
         for call in calls:
             yield event("tool_call", name=call["function"]["name"],
                         arguments=call["function"]["arguments"])
-        results = await asyncio.gather(*(
+        refused = [f"Error: not run: one message may call at most {max_tool_calls} tools at "
+                   "once; call the rest in a later message." for _ in calls[max_tool_calls:]]
+        results = [*await asyncio.gather(*(
             run_tool(toolset.get(c["function"]["name"]), c["function"]["name"],
-                     c["function"]["arguments"], ctx) for c in calls))
+                     c["function"]["arguments"], ctx) for c in calls[:max_tool_calls])),
+                   *refused]
         replies = [{"role": "tool", "tool_call_id": c["id"], "content": r}
                    for c, r in zip(calls, results, strict=True)]
         await journal(replies)

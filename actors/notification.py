@@ -94,7 +94,7 @@ class NotificationActor:
     async def run(self) -> str:
         """Rounds until stopped (by its model or by `stop`); answers "stopped" then. A failing
         round is logged and tried again at the next interval."""
-        from actors.session import release_memory
+        from actors._ray import release_memory
 
         release_memory()  # start-up garbage: many of these share a node
         self._loop = asyncio.create_task(self._rounds())
@@ -140,7 +140,8 @@ class NotificationActor:
 
         history = [*self._context, *(m for r in self._own for m in r), prompt]
         turn = run_turn(self._model, self._settings.model, history, lambda: self._tools,
-                        self._ctx, journal, self._settings.max_rounds)
+                        self._ctx, journal, self._settings.max_rounds,
+                        max_tool_calls=self._settings.max_tool_calls)
         async with aclosing(turn):
             async for item in turn:
                 if self.stopped and item["event"] == "tool_result":

@@ -1,4 +1,9 @@
-"""An OpenAPI 3 service becomes tools: one per operation, called with httpx through the guard."""
+"""An OpenAPI 3 service becomes tools: one per operation, called with httpx through the guard.
+
+The document comes from the model, so it is untrusted: its size is bounded, its `$ref`s are
+expanded by actors/openapi_refs.py (local refs only, bounded), and `load_operations` is meant
+to run in a worker thread (`asyncio.to_thread`), never on a session actor's event loop.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,11 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-import jsonref
-
 from actors.context import ToolContext
+from actors.openapi_refs import expand
 from actors.schema import Tool
 
 METHODS = ("get", "post", "put", "patch", "delete")
-MAX_SPEC = 5 * 1024 * 1024
 MAX_RESULT = 16_000
 # OpenAPI-only keywords that are not JSON Schema: the OpenAI API would reject or ignore them.
 _DROP = {"example", "examples", "xml", "externalDocs", "discriminator", "readOnly", "writeOnly",
@@ -37,26 +40,49 @@ def _tool_name(operation: dict[str, Any], method: str, path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", raw).strip("_")[:64] or method
 
 
-def parse_spec(text: str) -> dict[str, Any]:
-    if len(text) > MAX_SPEC:
-        raise ValueError("the OpenAPI document is larger than 5 MB")
+def parse_spec(text: str, max_bytes: int) -> dict[str, Any]:
+    if len(text) > max_bytes:
+        raise ValueError(f"the OpenAPI document is larger than {max_bytes} bytes")
     try:
-        spec = json.loads(text)
-    except json.JSONDecodeError:
-        import yaml
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError:
+            import yaml
 
-        spec = yaml.safe_load(text)
+            spec = yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError("the OpenAPI document nests too deeply") from None
+    except Exception as exc:  # yaml's errors: say what, not a traceback
+        raise ValueError(f"the OpenAPI document is neither JSON nor YAML: {exc}") from None
     if not isinstance(spec, dict) or "paths" not in spec:
         raise ValueError("this is not an OpenAPI document (no 'paths')")
     return spec
 
 
-def operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each operation as a plain, $ref-free description (what the store keeps)."""
-    resolved = jsonref.replace_refs(spec, proxies=False, lazy_load=False)
+def load_operations(text: str, max_bytes: int) -> tuple[list[dict[str, Any]], str]:
+    """(operations, a note on refs that were not followed): parse, expand, describe. Blocking
+    and CPU-bound: run it in a worker thread."""
+    spec = parse_spec(text, max_bytes)
+    expansion = expand(spec, spec.get("paths") or {}, max_bytes=max_bytes)
+    note = ""
+    if expansion.external:
+        note = (f" {expansion.external} $ref(s) to other documents were not followed (only "
+                "the document's own #/... refs are); their schemas are left open.")
+    if expansion.broken:
+        note += f" {expansion.broken} $ref(s) point nowhere in the document."
+    return operations(expansion.value), note
+
+
+def operations(paths: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each operation of the (already ref-free) `paths` as a plain description (what the
+    store keeps)."""
     ops: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for path, item in (resolved.get("paths") or {}).items():
+    if not isinstance(paths, dict):
+        raise ValueError("the OpenAPI document's 'paths' is not an object")
+    for path, item in paths.items():
+        if not isinstance(item, dict):
+            continue
         shared = item.get("parameters", [])
         for method in METHODS:
             op = item.get(method)
@@ -66,6 +92,8 @@ def operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
             required: list[str] = []
             where: dict[str, str] = {}
             for param in [*shared, *op.get("parameters", [])]:
+                if not isinstance(param, dict) or not isinstance(param.get("name"), str):
+                    continue
                 if param.get("in") not in ("path", "query"):
                     continue
                 name = param["name"]
@@ -115,9 +143,13 @@ def _operation_tool(service: str, base_url: str, op: dict[str, Any]) -> Tool:
                 query[name] = value
             elif name != "body":
                 raise ValueError(f"unknown argument {name!r}")
-        response = await ctx.http.request(op["method"], base_url.rstrip("/") + path,
-                                          params=query, json=arguments.get("body"))
-        text = response.text[:MAX_RESULT]
+        from actors.http import read_limited, text_of
+
+        request = ctx.http.build_request(op["method"], base_url.rstrip("/") + path,
+                                         params=query, json=arguments.get("body"))
+        response = await ctx.http.send(request, stream=True)
+        body = await read_limited(response, ctx.settings.max_fetch_bytes)
+        text = text_of(response, body)[:MAX_RESULT]
         return text if response.is_success else f"HTTP {response.status_code}: {text}"
 
     return Tool(op["name"], op["description"], op["parameters"], run, service)

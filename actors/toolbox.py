@@ -7,6 +7,7 @@ actor gets the same tools back without fetching anything.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,10 @@ from actors.context import ToolContext
 from actors.schema import Tool, function_tool
 
 Persist = Callable[[str, dict[str, Any] | None], Awaitable[None]]
+# Modules whose functions never become tools, whatever LLMCAM_TOOL_MODULES says: the shell runs
+# arbitrary commands and is only added (to new sessions) by LLMCAM_ENABLE_SHELL.
+NEVER_TOOL_MODULES = frozenset({"actors.tools.shell"})
+SPEC_FETCH_TIMEOUT_S = 30.0  # the whole fetch of an OpenAPI document, however slow it drips
 
 
 class Toolbox:
@@ -79,10 +84,14 @@ def tools_from_spec(service: str, spec: dict[str, Any], tool_modules: list[str])
 def resolve_function(ref: str, tool_modules: list[str]) -> Callable[..., Any]:
     """`module.function`, only from the allowed modules, only a plain public function."""
     module_name, _, attr = ref.rpartition(".")
+    if module_name in NEVER_TOOL_MODULES or module_name.startswith(
+            tuple(f"{m}." for m in NEVER_TOOL_MODULES)):
+        raise PermissionError(f"{ref!r}: functions of {module_name} are never added as tools")
     if not module_name or module_name not in tool_modules:
         allowed = ", ".join(tool_modules) or "none"
         raise PermissionError(f"{ref!r} is not in an allowed module (allowed: {allowed})")
-    if not attr.isidentifier() or attr.startswith("_"):
+    if not attr.isidentifier() or attr.startswith("_") or any(
+            part.startswith("_") for part in module_name.split(".")):
         raise PermissionError(f"{ref!r}: private and dunder names are not tools")
     module = importlib.import_module(module_name)
     fn = getattr(module, attr, None)
@@ -108,17 +117,36 @@ async def add_api_tools(
     """Add the operations of an HTTP API, described by its OpenAPI 3 spec, as tools."""
     assert ctx.toolbox is not None
     url = oas_url or f"{base_url.rstrip('/')}/openapi.json"
-    response = await ctx.http.get(url)
-    if not response.is_success:
-        return f"Could not read the OpenAPI spec at {url}: HTTP {response.status_code}"
-    from actors.openapi_tools import operations, parse_spec
+    limit = ctx.settings.max_spec_bytes
+    try:
+        status, text = await asyncio.wait_for(_fetch_spec(ctx, url, limit), SPEC_FETCH_TIMEOUT_S)
+    except TimeoutError:
+        return f"Could not read the OpenAPI spec at {url}: no answer within " \
+               f"{SPEC_FETCH_TIMEOUT_S:.0f} s"
+    if not 200 <= status < 300:
+        return f"Could not read the OpenAPI spec at {url}: HTTP {status}"
+    from actors.openapi_tools import load_operations
 
-    ops = operations(parse_spec(response.text))
+    # parsing and $ref expansion are CPU work on untrusted input: not on the actor's loop
+    ops, note = await asyncio.to_thread(load_operations, text, limit)
     if not ops:
-        return f"The spec at {url} describes no operations; nothing added."
+        return f"The spec at {url} describes no operations; nothing added.{note}"
     spec = {"kind": "api", "base_url": base_url, "operations": ops}
     tools = await ctx.toolbox.add(service_name, spec, ctx.settings.tool_modules)
-    return f"Added {len(tools)} tools for {service_name}: {', '.join(t.name for t in tools)}"
+    return (f"Added {len(tools)} tools for {service_name}: "
+            f"{', '.join(t.name for t in tools)}{note}")
+
+
+async def _fetch_spec(ctx: ToolContext, url: str, limit: int) -> tuple[int, str]:
+    """(status, text) of the document, through the guard, read at most `limit` bytes."""
+    from actors.http import read_limited, text_of
+
+    response = await ctx.http.send(ctx.http.build_request("GET", url), stream=True)
+    if not response.is_success:
+        await response.aclose()
+        return response.status_code, ""
+    body = await read_limited(response, limit)
+    return response.status_code, text_of(response, body)
 
 
 async def add_function_tools(
