@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from actors.names import session_key
-from actors.tools.shell import argv_for, run_command
+from actors.tools.shell import argv_for, run_command, scratch_path
 from tests.conftest import Gateway, make_settings, new_session
 from tests.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
 
@@ -32,7 +32,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def gateway(ray_address: str, llm: OpenAIServer, digitraffic: DigitrafficServer,
             data_dir: Path) -> Iterator[Gateway]:
     settings = make_settings(data_dir, llm, allow_hosts=["127.0.0.1"],
-                             weathercam_url=digitraffic.base_url, enable_shell=True)
+                             weathercam_url=digitraffic.base_url, enable_shell=True,
+                             max_tool_calls=16)
     with Gateway(settings) as gw:
         yield gw
 
@@ -128,8 +129,8 @@ def test_shell_runs_in_the_sessions_scratch_directory(client: httpx.Client,
         Call("execute_bash_command", {"command": "no-such-program --flag"}),
         Call("execute_bash_command", {"command": "head -c 100000 /dev/zero | tr '\\0' x"}),
     ])
-    home_a = data_dir.resolve() / "shell" / session_key(a)
-    home_b = data_dir.resolve() / "shell" / session_key(b)
+    home_a, home_b = scratch_path(session_key(a)), scratch_path(session_key(b))
+    assert session_key(a) not in pwd_a and a not in pwd_a  # pwd goes to the model
     assert pwd_a == f"{home_a}\n\n[exit code 0]" and pwd_b == f"{home_b}\n\n[exit code 0]"
     assert wrote == "hello\n\n[exit code 3]" and (home_a / "note.txt").exists()
     assert env.startswith("key=none")  # the server's secrets are not in the environment
