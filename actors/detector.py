@@ -457,15 +457,86 @@ def deploy(settings: Settings, *, max_batch_size: int = MAX_BATCH,
     serve.start(proxy_location="Disabled")  # sessions call the handle: no HTTP proxy
     app = Detector.options(
         num_replicas=settings.detector_replicas,
+        # a model that cannot load (weights missing offline) fails the same way every time:
+        # one try per replica, then DEPLOY_FAILED with the reason, not a replica after another
+        max_constructor_retry_count=max(1, settings.detector_replicas),
         max_ongoing_requests=CONCURRENT_BATCHES * max_batch_size,
         user_config=options,
         ray_actor_options={"num_cpus": 0, "num_gpus": gpus,
                            "runtime_env": {"env_vars": settings.worker_env()}},
     ).bind(settings.yolo_model, IMGSZ, None, fingerprint)
-    serve.run(app, name=APP_NAME, route_prefix=None,  # no HTTP route: handles only
-              logging_config={"log_level": "WARNING", "enable_access_log": False})
+    try:
+        serve.run(app, name=APP_NAME, route_prefix=None,  # no HTTP route: handles only
+                  logging_config={"log_level": "WARNING", "enable_access_log": False})
+    except RuntimeError as exc:  # Serve says "failed"; the deployment's status says why
+        status = serve.status().applications.get(APP_NAME)
+        raise DetectorUnavailable("the object detector failed to start: "
+                                  + (_failure(status) if status else str(exc))) from None
     log.info("detector %s running (%s GPU per replica, %d replicas)", settings.yolo_model,
              gpus, settings.detector_replicas)
+
+
+class Deployment:
+    """The gateway's start-up deploy, as a Ray task: no thread of the gateway waits in Serve.
+
+    Serve's calls block (the controller, the replicas, a model that loads or fails) and, run
+    in the gateway, would start a Ray of their own (`serve.start` calls `ray.init`) if the
+    gateway had shut Ray down meanwhile. In a task they run inside the cluster, the gateway
+    only awaits the result to log it once, and `stop()` (before `ray.shutdown()`) cancels
+    both: a stop at any moment leaves nothing running in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._ref: Any = None
+        self._watch: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        remote = ray.remote(num_cpus=0, max_retries=0)(deploy)
+        self._ref = remote.options(name="llmcam-detector-deploy").remote(self._settings)
+        self._watch = asyncio.get_running_loop().create_task(self._report())
+
+    async def _report(self) -> None:
+        try:
+            await self._ref
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # reported once; `detect_objects` answers with the reason
+            log.error("the object detector could not start (not retried; detect_objects "
+                      "answers with the reason): %s", _reason(exc))
+
+    async def stop(self) -> None:
+        """Stop waiting, and stop the deploy if it still runs (call before ray.shutdown)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watch
+        if self._ref is not None and ray.is_initialized():
+            with contextlib.suppress(Exception):
+                ray.cancel(self._ref, force=True)
+
+
+def _failure(app: Any) -> str:
+    """Why a failed application failed, in one line: the replica's error (in its deployment's
+    message, after Serve's preamble and traceback) rather than the application's summary."""
+    texts = [getattr(d, "message", "") or "" for d in app.deployments.values()]
+    text = " ".join(" ".join([*texts, app.message or ""]).split())
+    return _model_error(text) or (app.message or text)[:400]
+
+
+def _reason(exc: BaseException) -> str:
+    """The line of a failed deploy that says why (a replica's error, not Serve's traceback)."""
+    text = " ".join(str(getattr(exc, "cause", None) or exc).split())
+    return _model_error(text) or text[:400] or type(exc).__name__
+
+
+def _model_error(text: str) -> str:
+    """The replica's "cannot load YOLO model ..." sentence in `text`, or ''. The last one: the
+    earlier ones are the source line in a traceback."""
+    found = text.rfind("cannot load YOLO model")
+    if found < 0:
+        return ""
+    end = text.find("LLMCAM_YOLO_MODEL", found)
+    return text[found:end + len("LLMCAM_YOLO_MODEL") if end >= 0 else found + 400][:400]
 
 
 # Calling it (from sessions) --------------------------------------------------------------------
@@ -486,7 +557,7 @@ def _ready_handle() -> Any:
     if app is None:
         return None
     if app.status == "DEPLOY_FAILED":
-        raise DetectorUnavailable(f"the object detector failed to start: {app.message[:300]}")
+        raise DetectorUnavailable(f"the object detector failed to start: {_failure(app)}")
     if app.status != "RUNNING":
         return None
     return serve.get_deployment_handle(DEPLOYMENT, app_name=APP_NAME)
