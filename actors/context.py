@@ -18,7 +18,6 @@ if TYPE_CHECKING:
     from actors.llm import LLM
     from actors.toolbox import Toolbox
 
-MAX_DOWNLOAD = 20 * 1024 * 1024
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -67,7 +66,12 @@ class Web:
 
 @dataclass
 class ToolContext:
-    session_id: str
+    """What a tool gets from its session. The session ID is a capability: it stays out of
+    repr() and out of every result and request (tools name files, `file_url`), so neither the
+    model nor the LLM server nor a service a tool calls ever sees it. Only the session's own
+    plumbing reads `session_id`; a tool that sends data out must not."""
+
+    session_id: str = field(repr=False, compare=False)
     settings: Settings
     web: Web
     files: Files
@@ -84,18 +88,23 @@ class ToolContext:
     def http(self) -> httpx.AsyncClient:
         return self.web.client
 
-    def file_url(self, name: str) -> str:
-        return f"/api/sessions/{self.session_id}/files/{name}"
+    @staticmethod
+    def file_url(name: str) -> str:
+        """A link to a file of this session, relative to the session (`files/<name>`): the
+        model shows it as `![](files/<name>)` and the page resolves it under its session."""
+        return f"files/{name}"
 
     async def load_image(self, reference: str) -> bytes:
-        """A file of this session by name, or an http(s) URL through the guard."""
+        """A file of this session by name, or an http(s) URL through the guard (read up to
+        `max_fetch_bytes`, counted while the body arrives)."""
         if reference.startswith(("http://", "https://")):
+            from actors.http import read_limited
+
             async with self.http.stream("GET", reference) as response:
                 response.raise_for_status()
-                data = bytearray()
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > MAX_DOWNLOAD:
-                        raise ValueError(f"{reference[:100]} is larger than {MAX_DOWNLOAD} bytes")
-                return bytes(data)
+                try:
+                    return await read_limited(response, self.settings.max_fetch_bytes)
+                except ValueError:
+                    raise ValueError(f"{reference[:100]} is larger than "
+                                     f"{self.settings.max_fetch_bytes} bytes") from None
         return await self.files.read(reference)

@@ -5,6 +5,10 @@ A session actor imports this module, so only light things are imported at the to
 yt-dlp, PIL, numpy and matplotlib are imported inside the task functions, in Ray workers. The
 session awaits the tasks with `run()`, which bounds their time and turns a failed task into its
 own exception (not a Ray traceback), so the model reads a clear message.
+
+yt-dlp and OpenCV connect on their own (redirects, refreshes, playlists, segments, keys): a
+capture task runs them through a guarded proxy in its own process (`actors.netproxy`), so each of
+those connections passes the session's URL guard by the address it connects to.
 """
 
 from __future__ import annotations
@@ -12,16 +16,30 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import ray
+
+from actors.netguard import BlockedAddress, UrlGuard
+
+if TYPE_CHECKING:
+    from actors.netproxy import GuardedProxy
 
 MAX_WIDTH, MAX_HEIGHT = 1280, 720  # captures and detector input are stored at most this big
 MAX_PIXELS = 50_000_000  # a bigger image is refused before it is decoded
 JPEG_QUALITY = 90
 SOCKET_TIMEOUT_S = 10.0  # yt-dlp and OpenCV: a stream server that stops answering
 PROBE_LIMIT = 3  # unlabelled formats opened to learn their size
+PROXY_TIMEOUT_S = SOCKET_TIMEOUT_S + 5  # longer than the client's: it reports its own timeout
+# yt-dlp's extractors a capture needs: YouTube (watch pages, channels' /live, live embeds), and
+# any page with a <video> or a direct media link (html5, generic). Fewer extractors, fewer
+# places that fetch on their own; all of them fetch through the guarded proxy anyway.
+EXTRACTORS = ["youtube", "youtube:tab", "youtubelivestreamembed", "html5", "generic"]
+# What ffmpeg may open: HTTP(S) (through the proxy: tcp reaches only the proxy on loopback),
+# HLS's AES decryption and inline data; never file:, udp:, rtp:, rtmp: or a raw tcp: link.
+FFMPEG_PROTOCOLS = "http,https,tls,tcp,httpproxy,crypto,data"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -154,22 +172,44 @@ class _SilentLogger:
     def error(self, msg: str) -> None: ...
 
 
+def _guarded_proxy(guard: UrlGuard) -> GuardedProxy:
+    from actors.netproxy import GuardedProxy
+
+    return GuardedProxy(guard, timeout=PROXY_TIMEOUT_S)
+
+
+def _refused() -> BlockedAddress:
+    from actors.netproxy import REFUSED_MESSAGE
+
+    return BlockedAddress(REFUSED_MESSAGE)
+
+
 @ray.remote(num_cpus=0.5, max_retries=0)
-def resolve_stream(link: str, max_w: int = MAX_WIDTH, max_h: int = MAX_HEIGHT) -> dict[str, Any]:
-    """Ask yt-dlp what the link plays: its formats, ranked by `rank_formats`."""
+def resolve_stream(link: str, guard: UrlGuard, max_w: int = MAX_WIDTH,
+                   max_h: int = MAX_HEIGHT) -> dict[str, Any]:
+    """Ask yt-dlp what the link plays: its formats, ranked by `rank_formats`.
+
+    Every request yt-dlp makes (the page, its redirects and refreshes, embeds, API calls) goes
+    through a guarded proxy; when the guard stopped one, the answer says so and nothing else
+    (yt-dlp's own text would name the hosts and ports it tried)."""
     import yt_dlp
 
-    options = {"quiet": True, "no_warnings": True, "noprogress": True, "skip_download": True,
-               "noplaylist": True, "playlist_items": "1", "cachedir": False,
-               "socket_timeout": SOCKET_TIMEOUT_S, "retries": 0, "extractor_retries": 0,
-               "logger": _SilentLogger()}
-    try:
-        with yt_dlp.YoutubeDL(options) as ydl:  # type: ignore[arg-type]
-            info = ydl.extract_info(link, download=False)
-    except Exception as exc:  # yt-dlp wraps everything in DownloadError/ExtractorError
-        message = _ANSI.sub("", str(exc)).removeprefix("ERROR: ").strip()
-        raise StreamError(f"yt-dlp could not find a video stream at {link}: {message[:300]}")\
-            from None
+    with _guarded_proxy(guard) as proxy:
+        options = {"quiet": True, "no_warnings": True, "noprogress": True,
+                   "skip_download": True, "noplaylist": True, "playlist_items": "1",
+                   "cachedir": False, "socket_timeout": SOCKET_TIMEOUT_S, "retries": 0,
+                   "extractor_retries": 0, "logger": _SilentLogger(), "proxy": proxy.url,
+                   "allowed_extractors": EXTRACTORS}
+        try:
+            with yt_dlp.YoutubeDL(options) as ydl:  # type: ignore[arg-type]
+                info = ydl.extract_info(link, download=False)
+        except Exception as exc:  # yt-dlp wraps everything in DownloadError/ExtractorError
+            if proxy.refused:
+                raise _refused() from None
+            message = _ANSI.sub("", str(exc)).removeprefix("ERROR: ").strip()
+            message = message.split(" (caused by ")[0]
+            raise StreamError(f"yt-dlp could not find a video stream at {link}: "
+                              f"{message[:300]}") from None
     if info and info.get("_type") in ("playlist", "multi_video"):
         info = next((e for e in info.get("entries") or [] if e), None)
     if not info:
@@ -182,17 +222,62 @@ def resolve_stream(link: str, max_w: int = MAX_WIDTH, max_h: int = MAX_HEIGHT) -
             "candidates": candidates}
 
 
+@contextmanager
+def _ffmpeg_through(proxy: GuardedProxy) -> Iterator[None]:
+    """ffmpeg (inside OpenCV) reads `http_proxy` for every connection it makes, HLS segments,
+    keys and redirects included, and CONNECTs through it for https; `no_proxy` would exempt
+    hosts, so it is cleared. The options also limit the protocols it may open at all."""
+    saved = {k: os.environ.get(k) for k in
+             ("http_proxy", "no_proxy", "NO_PROXY", "OPENCV_FFMPEG_CAPTURE_OPTIONS")}
+    os.environ["http_proxy"] = proxy.url
+    os.environ.pop("no_proxy", None)
+    os.environ.pop("NO_PROXY", None)
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = f"protocol_whitelist;{FFMPEG_PROTOCOLS}"
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 @ray.remote(num_cpus=0.5, max_retries=0)
-def grab_frame(candidates: list[dict[str, Any]], max_w: int = MAX_WIDTH,
+def grab_frame(candidates: list[dict[str, Any]], guard: UrlGuard, max_w: int = MAX_WIDTH,
                max_h: int = MAX_HEIGHT) -> dict[str, Any]:
     """One frame of the best format up to max_w x max_h, as a JPEG no bigger than that.
 
-    Labelled formats are trusted; unlabelled ones are opened to learn their size (a few at
-    most), and win when they fit and are bigger than the best labelled one. When nothing fits,
-    the smallest format that reads is downscaled."""
+    Every connection OpenCV's ffmpeg makes goes through a guarded proxy (see
+    `_ffmpeg_through`); a capture the guard stopped says so, without hosts or ports."""
     _quiet_opencv()
     import cv2
 
+    with _guarded_proxy(guard) as proxy, _ffmpeg_through(proxy):
+        chosen = _best_frame(cv2, candidates, max_w, max_h)
+    if chosen is None:
+        if proxy.refused:
+            raise _refused()
+        raise StreamError(f"OpenCV could not read a video frame from any of the {len(candidates)} "
+                          "formats the link offers (not a video, or the server did not answer)")
+    frame, candidate = chosen
+    source_h, source_w = frame.shape[:2]
+    frame = _downscale(cv2, frame, max_w, max_h)
+    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    if not ok:
+        raise StreamError("OpenCV could not encode the frame as JPEG")
+    return {"jpeg": encoded.tobytes(), "width": frame.shape[1], "height": frame.shape[0],
+            "source_width": source_w, "source_height": source_h,
+            "format_id": candidate["format_id"]}
+
+
+def _best_frame(cv2: Any, candidates: list[dict[str, Any]], max_w: int,
+                max_h: int) -> tuple[Any, dict[str, Any]] | None:
+    """A frame of the best format up to max_w x max_h, and its format; None if none reads.
+
+    Labelled formats are trusted; unlabelled ones are opened to learn their size (a few at
+    most), and win when they fit and are bigger than the best labelled one. When nothing fits,
+    the smallest format that reads (downscaled later)."""
     timeout_ms = int(SOCKET_TIMEOUT_S * 1000)
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
               timeout_ms]
@@ -242,18 +327,7 @@ def grab_frame(candidates: list[dict[str, Any]], max_w: int = MAX_WIDTH,
         if oversize:
             _, frame, candidate = min(oversize, key=lambda item: item[0])
             chosen = (frame, candidate)
-    if chosen is None:
-        raise StreamError(f"OpenCV could not read a video frame from any of the {len(candidates)} "
-                          "formats the link offers (not a video, or the server did not answer)")
-    frame, candidate = chosen
-    source_h, source_w = frame.shape[:2]
-    frame = _downscale(cv2, frame, max_w, max_h)
-    ok, encoded = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-    if not ok:
-        raise StreamError("OpenCV could not encode the frame as JPEG")
-    return {"jpeg": encoded.tobytes(), "width": frame.shape[1], "height": frame.shape[0],
-            "source_width": source_w, "source_height": source_h,
-            "format_id": candidate["format_id"]}
+    return chosen
 
 
 def _downscale(cv2: Any, image: Any, max_w: int, max_h: int) -> Any:

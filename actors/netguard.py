@@ -1,7 +1,10 @@
 """One guard for every URL a tool fetches on behalf of the model, a user or an answer.
 
-The check runs where the connection is made (see actors/http.py), so it covers every redirect,
-and the address it approves is the address it connects to: no second DNS lookup.
+The check runs where the connection is made (actors/http.py for httpx, actors/netproxy.py for
+yt-dlp and OpenCV/ffmpeg), so it covers every redirect, and the address it approves is the
+address it connects to: no second DNS lookup. Its messages name no address a name resolved to,
+and a refusal at connect time (a redirect, a segment) names no host: the model learns that a
+connection was refused, not what lies behind it.
 """
 
 from __future__ import annotations
@@ -17,8 +20,16 @@ METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:
             ipaddress.ip_address("100.100.100.200")}
 
 
+REFUSED = ("refused: address not allowed (private, loopback, link-local or metadata); an "
+           "operator can allow it with LLMCAM_ALLOW_HOSTS")
+
+
 class BlockedAddress(PermissionError):
     """The URL leads to a private, loopback, link-local or metadata address."""
+
+
+class Unresolvable(BlockedAddress):
+    """The host name has no address (so nothing was connected to)."""
 
 
 class UrlGuard:
@@ -48,21 +59,28 @@ class UrlGuard:
         """Addresses for host that this guard lets a connection reach; raises if none."""
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise BlockedAddress(f"cannot resolve host {host!r}: {exc.strerror}") from exc
+        except (socket.gaierror, UnicodeError) as exc:
+            raise Unresolvable(f"cannot resolve host {host!r}: "
+                               f"{getattr(exc, 'strerror', None) or 'invalid name'}") from None
         addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
         allowed = [ip for ip in addresses if self.permits(host, ip)]
         if not allowed:
-            raise BlockedAddress(
-                f"refused: {host} resolves to a private, loopback, link-local or metadata "
-                f"address ({addresses[0]}); an operator can allow it with LLMCAM_ALLOW_HOSTS")
+            raise BlockedAddress(REFUSED)
         return allowed
 
     async def check_url(self, url: str) -> str:
-        """Check a URL that another library (yt-dlp, OpenCV) will open; returns it."""
+        """Check a URL (the model's or a user's own) before another library opens it: a clear
+        early answer that names the host it was given. Returns the URL."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise BlockedAddress(f"refused: only http(s) URLs are fetched, not {url[:100]!r}")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        await asyncio.to_thread(self.resolve, parts.hostname, port)
+        try:
+            await asyncio.to_thread(self.resolve, parts.hostname, port)
+        except Unresolvable:
+            raise
+        except BlockedAddress:
+            raise BlockedAddress(f"refused: {parts.hostname} is a private, loopback, link-local "
+                                 "or metadata address; an operator can allow it with "
+                                 "LLMCAM_ALLOW_HOSTS") from None
         return url

@@ -16,7 +16,7 @@ from tests.conftest import Gateway, make_settings, new_session
 from tests.standins import Call, DigitrafficServer, OpenAIServer, ToolCalls, VideoServer
 from tests.standins.video_server import BACKGROUND_BGR
 
-SAVED = re.compile(r"saved it as (\S+?)\. Show it with !\[\S+\]\((/api/sessions/\S+)\)")
+SAVED = re.compile(r"saved it as (\S+?)\. Show it with !\[\S+\]\((files/\S+)\)")
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_capture_takes_best_format_up_to_720p(client: httpx.Client, sid: str,
         # only a 1080p file: taken, and stored downscaled
         Call("capture_youtube_live_frame", {"link": video.mp4_url_for(1080), "place": "big"}),
     ])
-    frames = {place: image(client, saved(result)[1])
+    frames = {place: image(client, f"/api/sessions/{sid}/{saved(result)[1]}")
               for place, result in zip(["direct", "hls", "page", "big"], results, strict=True)}
     assert frames["direct"].shape == (720, 1280, 3) and background_is(frames["direct"], 720)
     assert frames["hls"].shape == (720, 1280, 3) and background_is(frames["hls"], 720)
@@ -103,7 +103,7 @@ def test_capture_takes_best_format_up_to_720p(client: httpx.Client, sid: str,
     assert names <= {f["name"] for f in listed if f["kind"] == "capture"}
     assert all(n.startswith("cap_") and n.endswith(".jpg") for n in names)
     # the model was told how to show each one
-    assert all(f"![{saved(r)[0]}](/api/sessions/{sid}/files/{saved(r)[0]})" in r for r in results)
+    assert all(f"![{saved(r)[0]}](files/{saved(r)[0]})" in r for r in results)
 
 
 def test_capture_bad_links_answer_clearly(client: httpx.Client, sid: str,
@@ -168,7 +168,7 @@ def test_cap_saves_the_current_image(client: httpx.Client, sid: str, fresh_llm: 
         Call("cap", {}), Call("cap", {"key": "helsinki konala"})])
     name, url = saved(results[0])
     assert "Harabacka_C0150301" in name and "Porvoo" in results[0]
-    frame = image(client, url)
+    frame = image(client, f"/api/sessions/{sid}/{url}")
     assert frame.shape == (720, 1280, 3)
     assert "Konala_C0166901" in saved(results[1])[0]
     images = [r for r in digitraffic.requests if r.path.startswith("/images/")]

@@ -122,7 +122,7 @@ def test_scenario_0_custom_function_tool(client: httpx.Client, fresh_llm: OpenAI
     assert link == video.mp4_url
     name = SAVED.search(captured)[1]  # type: ignore[index]
     # the model is told how to show the picture: markdown with the file's URL
-    assert f"![{name}](/api/sessions/{sid}/files/{name})" in captured
+    assert f"![{name}](files/{name})" in captured
     assert body["reply"].startswith("done: Captured a 1280x720 frame")
     picture = client.get(f"/api/sessions/{sid}/files/{name}")
     assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
@@ -183,7 +183,7 @@ def test_scenario_2_capture_ask_detect_plot(client: httpx.Client, fresh_llm: Ope
     body = chat(client, sid, "plot the people in both images with both methods")
     plot = json.loads(tool_results(body)[0])
     assert plot["counts"]["yolo"] == [0, 0] and sorted(plot["counts"]["gpt"]) == [2, 4]
-    assert client.get(plot["url"]).content.startswith(b"\x89PNG")
+    assert client.get(f"/api/sessions/{sid}/{plot['url']}").content.startswith(b"\x89PNG")
     kinds = sorted(f["kind"] for f in client.get(f"/api/sessions/{sid}/files").json())
     assert kinds == ["capture", "capture", "detection", "plot"]
 

@@ -151,9 +151,9 @@ def test_detect_objects(client: httpx.Client, session: tuple[str, list[str]],
     for result, size in zip(found, sizes, strict=True):
         assert isinstance(result["counts"], dict)  # an untrained network finds nothing
         assert result["total"] == sum(result["counts"].values())
-        assert result["url"] == f"/api/sessions/{sid}/files/{result['file']}"
+        assert result["url"] == f"files/{result['file']}"
         assert result["file"].startswith("detection_") and listed[result["file"]] == "detection"
-        response = client.get(result["url"])
+        response = client.get(f"/api/sessions/{sid}/{result['url']}")
         assert response.headers["content-type"] == "image/jpeg"
         picture = cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR)
         assert picture.shape[:2] == size
@@ -203,7 +203,7 @@ def test_plot_object(client: httpx.Client, session: tuple[str, list[str]],
     listed = {f["name"]: f["kind"] for f in client.get(f"/api/sessions/{sid}/files").json()}
     for plot in (both, yolo_only):
         assert listed[plot["file"]] == "plot" and plot["file"].endswith(".png")
-        response = client.get(plot["url"])
+        response = client.get(f"/api/sessions/{sid}/{plot['url']}")
         assert response.headers["content-type"] == "image/png"
         assert response.content.startswith(b"\x89PNG")
         picture = cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR)

@@ -1,8 +1,10 @@
 """Camera tools: live streams (yt-dlp + OpenCV) and the Digitraffic weather cameras.
 
 Only light imports here: this module lives in the session actor. Capturing, decoding and
-re-encoding run as Ray tasks (`actors.media`); every URL that yt-dlp or OpenCV will open passes
-the session's guard first, because those libraries connect on their own.
+re-encoding run as Ray tasks (`actors.media`), which run yt-dlp and OpenCV through a proxy that
+checks every connection they make with the session's guard (those libraries connect on their
+own: redirects, refreshes, playlists, segments, keys). Results name the files they make, with a
+link relative to the session (`files/<name>`): the session ID never reaches the model.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from pydantic import Field
 
 from actors import media
 from actors.context import ToolContext, safe_stem
-from actors.netguard import BlockedAddress
 
 if TYPE_CHECKING:
     import httpx
@@ -60,11 +61,10 @@ async def capture_youtube_live_frame(
 ) -> str:
     """Capture a JPEG image from a YouTube Live stream (or another video link) and save it."""
     link = (link or DEFAULT_LIVE_URL).strip()
-    await ctx.guard.check_url(link)
-    stream = await media.run(media.resolve_stream, link, timeout=90,
+    await ctx.guard.check_url(link)  # a clear answer before any task starts
+    stream = await media.run(media.resolve_stream, link, ctx.guard, timeout=90,
                             what="resolving the stream")
-    candidates = await _allowed(ctx, stream["candidates"])
-    frame = await media.run(media.grab_frame, candidates, timeout=150,
+    frame = await media.run(media.grab_frame, stream["candidates"], ctx.guard, timeout=150,
                             what="capturing a frame from the stream")
     stem = place or stream.get("title") or urlsplit(link).hostname or "live"
     name = await ctx.files.save("capture", safe_stem(stem), frame["jpeg"], "jpg")
@@ -73,18 +73,6 @@ async def capture_youtube_live_frame(
         size += f" (downscaled from {frame['source_width']}x{frame['source_height']})"
     return (f"Captured a {size} frame from {link} and saved it as {name}. "
             f"Show it with ![{name}]({ctx.file_url(name)})")
-
-
-async def _allowed(ctx: ToolContext, candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The formats whose URLs the guard lets OpenCV open; refuses when there is none."""
-    checks = await asyncio.gather(*(ctx.guard.check_url(c["url"]) for c in candidates),
-                                  return_exceptions=True)
-    allowed = [c for c, check in zip(candidates, checks, strict=True)
-               if not isinstance(check, BaseException)]
-    if not allowed:
-        first = next(c for c in checks if isinstance(c, BaseException))
-        raise BlockedAddress(f"the stream's video URLs are not reachable: {first}")
-    return allowed
 
 
 # Digitraffic weather cameras ---------------------------------------------------------------------
@@ -111,21 +99,35 @@ class _Weathercam:
     async def __aexit__(self, *exc: object) -> None:
         await self.client.aclose()
 
+    async def _get(self, client: httpx.AsyncClient, url: str) -> tuple[int, bytes, Any]:
+        """(status, body, headers) of a GET; the body is read up to `max_fetch_bytes`, counted
+        while it arrives, and only when the status is a success."""
+        from actors.http import read_limited
+
+        async with client.stream("GET", url, headers=DIGITRAFFIC_HEADERS,
+                                 timeout=self.timeout) as response:
+            if not response.is_success:
+                return response.status_code, b"", response.headers
+            body = await read_limited(response, self.ctx.settings.max_fetch_bytes)
+            return response.status_code, body, response.headers
+
     async def get_json(self, path: str) -> Any:
         url = self.base + path
         try:
-            response = await self.client.get(url)
+            status, body, _ = await self._get(self.client, url)
         except self.httpx.TimeoutException:
             raise TimeoutError(f"the weather-camera service ({urlsplit(url).netloc}) did not "
                                f"answer within {CAMERA_TIMEOUT_S:.0f} s") from None
         except self.httpx.TransportError as exc:
             raise ConnectionError(f"the weather-camera service ({urlsplit(url).netloc}) is not "
                                   f"reachable: {exc or type(exc).__name__}") from None
-        if not response.is_success:
-            raise RuntimeError(f"the weather-camera service answered HTTP "
-                               f"{response.status_code} for {path}")
+        except ValueError:
+            raise RuntimeError(f"the weather-camera service sent more than "
+                               f"{self.ctx.settings.max_fetch_bytes} bytes for {path}") from None
+        if not 200 <= status < 300:
+            raise RuntimeError(f"the weather-camera service answered HTTP {status} for {path}")
         try:
-            return response.json()
+            return json.loads(body)
         except ValueError:
             raise RuntimeError(f"the weather-camera service sent no JSON for {path}") from None
 
@@ -142,16 +144,18 @@ class _Weathercam:
         """The camera's current image (bytes, Last-Modified)."""
         trusted = urlsplit(url)[:2] == self.origin
         client = self.client if trusted else self.ctx.http
+        limit = self.ctx.settings.max_fetch_bytes
         try:
-            response = await client.get(url, headers=DIGITRAFFIC_HEADERS, timeout=self.timeout)
+            status, body, headers = await self._get(client, url)
         except self.httpx.TimeoutException:
             raise TimeoutError(f"the camera image at {url} did not arrive within "
                                f"{CAMERA_TIMEOUT_S:.0f} s") from None
-        if not response.is_success:
-            raise RuntimeError(f"the camera image at {url} answered HTTP {response.status_code}")
-        if len(response.content) > 20 * 1024 * 1024:
-            raise media.ImageTooLarge(f"the camera image at {url} is larger than 20 MB")
-        return response.content, response.headers.get("last-modified")
+        except ValueError:
+            raise media.ImageTooLarge(f"the camera image at {url} is larger than {limit} "
+                                      "bytes") from None
+        if not 200 <= status < 300:
+            raise RuntimeError(f"the camera image at {url} answered HTTP {status}")
+        return body, headers.get("last-modified")
 
 
 def _address(preset: dict[str, Any], station: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""Listing a session's own files."""
+"""Listing a session's own files, by name and with links relative to the session
+(`files/<name>`, which the page resolves): the session ID never reaches the model."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Only light imports here: this module lives in the session actor. Images travel as JPEG bytes:
 re-encoding (when an image is not a small enough JPEG) and plotting run as Ray tasks
 (`actors.media`), detection in the detector deployment (`actors.detector`, imported when first
-needed because it brings Ray Serve's client).
+needed because it brings Ray Serve's client). Results name the files they make, with links
+relative to the session (`files/<name>`): the session ID never reaches the model.
 """
 
 from __future__ import annotations

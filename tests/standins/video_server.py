@@ -7,15 +7,17 @@ Files are served with HTTP Range support (starlette's ``FileResponse``).
 
 from __future__ import annotations
 
+import html
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import urlencode
 
 import cv2
 import numpy as np
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ._background import BackgroundServer
@@ -106,6 +108,11 @@ class VideoServer(BackgroundServer):
             Route("/slow.mp4", self._slow),
             Route("/page.html", self._page),
             Route("/no_video.html", self._no_video),
+            # pages and playlists that lead elsewhere (`to`/`src`: any URL, e.g. a canary's)
+            Route("/redirect", self._redirect),
+            Route("/refresh.html", self._refresh),
+            Route("/video.html", self._video_page),
+            Route("/remote/{kind}.m3u8", self._remote_playlist),
         ]
         super().__init__(Starlette(routes=routes))
 
@@ -145,6 +152,25 @@ class VideoServer(BackgroundServer):
         """Sends nothing for ``slow_seconds``, then a 504."""
         return f"{self.root_url}/slow.mp4"
 
+    def redirect_url(self, to: str) -> str:
+        """A 302 to `to`."""
+        return f"{self.root_url}/redirect?{urlencode({'to': to})}"
+
+    def refresh_url(self, to: str) -> str:
+        """An HTML page whose ``<meta http-equiv="refresh">`` leads to `to`."""
+        return f"{self.root_url}/refresh.html?{urlencode({'to': to})}"
+
+    def video_page_url(self, src: str) -> str:
+        """An HTML page with one ``<video src>``: yt-dlp lists it without fetching it."""
+        return f"{self.root_url}/video.html?{urlencode({'src': src})}"
+
+    def remote_playlist_url(self, kind: str, base: str) -> str:
+        """A 360p HLS media playlist that fetches something from `base`: ``segments`` (every
+        segment there), ``key`` (AES-128 key URI there, segments here) or ``map`` (an
+        ``EXT-X-MAP`` init section there, segments here). yt-dlp lists it as one format
+        without reading its entries; ffmpeg fetches them."""
+        return f"{self.root_url}/remote/{kind}.m3u8?{urlencode({'to': base})}"
+
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -167,3 +193,40 @@ class VideoServer(BackgroundServer):
             "<!DOCTYPE html><html><head><title>Nothing</title></head>"
             "<body><p>No video here.</p></body></html>"
         )
+
+    async def _redirect(self, request: Request) -> Response:
+        return RedirectResponse(request.query_params["to"], status_code=302)
+
+    async def _refresh(self, request: Request) -> Response:
+        to = html.escape(request.query_params["to"], quote=True)
+        return HTMLResponse(
+            "<!DOCTYPE html><html><head><title>Moved</title>"
+            f'<meta http-equiv="refresh" content="0; url={to}"></head>'
+            "<body><p>This camera has moved.</p></body></html>"
+        )
+
+    async def _video_page(self, request: Request) -> Response:
+        src = html.escape(request.query_params["src"], quote=True)
+        return HTMLResponse(
+            "<!DOCTYPE html><html><head><title>Camera</title></head><body>"
+            f'<video controls src="{src}" type="video/mp4"></video></body></html>'
+        )
+
+    async def _remote_playlist(self, request: Request) -> Response:
+        kind, base = request.path_params["kind"], request.query_params["to"].rstrip("/")
+        local = f"{self.root_url}/media/hls/360p"
+        lines = ["#EXTM3U", "#EXT-X-VERSION:6", "#EXT-X-TARGETDURATION:1",
+                 "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-PLAYLIST-TYPE:VOD"]
+        if kind == "key":
+            lines.append(f'#EXT-X-KEY:METHOD=AES-128,URI="{base}/key.bin",'
+                         "IV=0x00000000000000000000000000000001")
+        elif kind == "map":
+            lines.append(f'#EXT-X-MAP:URI="{base}/init.mp4"')
+        elif kind != "segments":
+            return Response("not found", status_code=404)
+        segments = len(list((self.dir / "hls/360p").glob("seg*.ts")))
+        for second in range(segments):
+            where = base if kind == "segments" else local
+            lines += ["#EXTINF:1.000,", f"{where}/seg{second}.ts"]
+        lines.append("#EXT-X-ENDLIST")
+        return Response("\n".join(lines) + "\n", media_type=MEDIA_TYPES[".m3u8"])
