@@ -207,7 +207,16 @@ class SessionActor:
         if self._registry is not None:
             self._registry.gone.remote(self._key, reason)
         log.info("passivating (%s)", reason)
+        self._remove_scratch()
         ray.get_runtime_context().current_actor.__ray_terminate__.remote()
+
+    def _remove_scratch(self) -> None:
+        """The shell's working directory lives as long as this activation (it is on this
+        node's disk, not in the store)."""
+        if self._settings.enable_shell:
+            from actors.tools.shell import remove_scratch
+
+            remove_scratch(self._key)
 
     # what the gateway calls ----------------------------------------------------------------------
     async def warm(self, expire_after: float) -> dict[str, Any]:
@@ -431,6 +440,7 @@ class SessionActor:
             self._state = "gone"
             await self._streams.stop_all()
             await self._journal.delete()
+            self._remove_scratch()
             if self._registry is not None:
                 self._registry.gone.remote(self._key, "deleted")
         self._state = "gone"

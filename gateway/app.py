@@ -8,40 +8,47 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import ray
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from actors.errors import NotFound, SessionGone
+from actors.metrics import record
+from actors.registry import registry
 from actors.settings import Settings, from_env
-from actors.store import open_store
+from actors.store import Store, open_store
+from gateway import errors, placement, security
 from gateway.access_log import AccessLog
 from gateway.limits import BodyLimit
 from gateway.ray_conn import connect
-from gateway.routes import chat, events, files, health, page, sessions
+from gateway.routes import chat, events, files, health, page, sessions, turn
 from gateway.routes.page import STATIC
-from gateway.sessions import UNKNOWN, Sessions
+from gateway.sessions import SessionClient
 
 log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, include_dashboard: bool | None = None,
-               deploy_detector: bool = True) -> FastAPI:
+               deploy_detector: bool = True, listen_host: str | None = "127.0.0.1") -> FastAPI:
     settings = settings or from_env()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = await asyncio.to_thread(connect, settings, include_dashboard=include_dashboard)
-        store = open_store(settings.db_url)
-        app.state.sessions = Sessions(settings, store)
+        store = await asyncio.to_thread(open_store, settings.db_url)
+        app.state.sessions = await asyncio.to_thread(session_client, settings, store)
         app.state.sessions.spares.start()
-        if deploy_detector:
-            from actors.detector import deploy
+        counting = asyncio.create_task(_count_stored(store))
+        detector = None
+        if deploy_detector:  # a Ray task: no thread here waits in Serve (see Deployment)
+            from actors.detector import Deployment
 
-            app.state.detector = asyncio.create_task(asyncio.to_thread(deploy, settings))
+            detector = app.state.detector = Deployment(settings)
+            detector.start()
         try:
             yield
         finally:
+            if detector is not None:  # first: nothing may call Serve once Ray is gone
+                await detector.stop()
+            counting.cancel()
             await app.state.sessions.spares.close()
             store.close()
             if started:
@@ -50,27 +57,30 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
     app = FastAPI(title="llmcam", version="0.1.0", lifespan=lifespan,
                   description="A multi-user camera chatbot: one Ray actor per browser session.")
     app.state.settings = settings
-    for module in (sessions, chat, events, files, health, page):
+    for module in (sessions, chat, turn, events, files, health, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     app.add_middleware(BodyLimit)
+    security.install(app, settings, listen_host)  # Host, Origin, headers (also on a 413)
     app.add_middleware(AccessLog)
 
-    @app.exception_handler(SessionGone)
-    async def gone(_: Request, exc: SessionGone) -> JSONResponse:
-        return JSONResponse({"detail": UNKNOWN}, status_code=404)
-
-    @app.exception_handler(NotFound)
-    async def not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": "not found"}, status_code=404)
-
-    @app.exception_handler(ray.exceptions.RayActorError)
-    @app.exception_handler(ray.exceptions.RaySystemError)
-    @app.exception_handler(ray.exceptions.ActorUnavailableError)
-    @app.exception_handler(ConnectionError)
-    async def ray_down(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("Ray call failed: %s", type(exc).__name__)
-        return JSONResponse({"detail": "the Ray cluster is unreachable or the session's actor "
-                             "could not be started"}, status_code=503)
-
+    errors.install(app)
     return app
+
+
+def session_client(settings: Settings, store: Store) -> SessionClient:
+    """The session client with the cluster's registry (its cap set) and the placement."""
+    cap = placement.live_cap(settings)
+    live = registry(cap)
+    ray.get(live.configure.remote(cap))
+    return SessionClient(settings, store, live, placement.scheduling(settings))
+
+
+async def _count_stored(store: Store) -> None:
+    """Keep the stored-sessions figure current for operators (a COUNT every 30 s)."""
+    while True:
+        try:
+            record("stored", await asyncio.to_thread(store.count_sessions))
+        except Exception:  # the store is down: the requests that need it say so
+            pass
+        await asyncio.sleep(30)

@@ -47,7 +47,7 @@ class Reply(BaseModel):
 
 class FileEntry(BaseModel):
     name: str
-    kind: Literal["capture", "detection", "plot"]
+    kind: Literal["capture", "detection", "plot", "upload"]
     size: int
     created_at: float
 

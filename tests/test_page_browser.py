@@ -26,7 +26,8 @@ from tests.standins.digitraffic_server import API_PREFIX
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
 WAIT_MS = 90_000
-FILE_URL = re.compile(r"/api/sessions/[^\s()]+?\.(?:jpe?g|png)")
+# a file a tool names: `files/<name>` (relative to the session) or `/api/sessions/<id>/files/<name>`
+FILE_URL = re.compile(r"(?:/api/sessions/[^\s()/]+/)?files/[\w.-]+?\.(?:jpe?g|png)")
 
 pytestmark = [
     pytest.mark.browser,
@@ -36,8 +37,8 @@ pytestmark = [
 
 
 class ShowImage:
-    """A scripted reply made when it is due: the first file URL in the last tool result,
-    as a markdown image (what a real model does with a tool's answer)."""
+    """A scripted reply made when it is due: the first file link in the last tool result, as a
+    markdown image (what a real model does with a tool's answer)."""
 
 
 class PageLLM(OpenAIServer):

@@ -1,14 +1,23 @@
 'use strict';
 // llmcam chat page. Plain DOM, no framework, no build step.
-// Model and user text only ever reach the page through textContent / text
-// nodes, never innerHTML, so it cannot inject markup.
+// User text reaches the page only through textContent / text nodes. Model text is rendered as
+// Markdown by the vendored `marked`, with every raw HTML tag in it shown as text, and the HTML
+// that comes out is passed through the vendored DOMPurify before it reaches the page.
 
 const els = {};                  // DOM references, filled in init()
-// sid: current session; events: its EventSource; busy: a turn or session switch is running;
-// storedUpTo: the last event stored before the page opened the session (replayed into the
-// list, but not news: no toast for those).
-const state = { sid: null, events: null, busy: false, storedUpTo: 0 };
-const thinking = makeEl('div', { class: 'thinking', text: 'thinking…' });
+// sid: the chat on screen; view: that chat's view (its AbortController cancels what the page
+// was reading for it when another chat opens); events: its EventSource; busy: a turn runs in
+// this view; storedUpTo: the last notification stored before the page opened the chat (replayed
+// into the list, not news: no toast); attachments: names of uploaded files for the next message.
+const state = {
+  sid: null, view: null, events: null, busy: false, storedUpTo: 0,
+  attachments: [], uploading: 0, forgetting: null, resumes: 0, loading: false,
+};
+const thinking = makeEl('div', { class: 'thinking', 'data-testid': 'activity', text: 'thinking…' });
+const MAX_UPLOAD = 10 * 1024 * 1024;
+const IMAGE_TYPES = ['image/jpeg', 'image/png'];
+const FILE_NAME = /^[\w.-]+\.(?:jpe?g|png)$/i;
+const STOPPED_NOTE = '_(stopped)_';       // how the session marks a stopped reply in the history
 
 /* ---------- DOM helpers ---------- */
 
@@ -34,7 +43,7 @@ function keepPinned(update) {
   if (atBottom) scrollToBottom();
 }
 
-// Add a node to the conversation, above the "thinking…" indicator if shown.
+// Add a node to the conversation, above the activity indicator if shown.
 function appendToLog(node) {
   keepPinned(() => els.log.insertBefore(node, thinking.isConnected ? thinking : null));
 }
@@ -47,100 +56,194 @@ function addBubble(role, text = '') {
   return node;
 }
 
+// A user's message: its text, and the images it names as ![name](files/name) as pictures.
+function addUserBubble(content) {
+  const node = addBubble('user');
+  const lines = String(content ?? '').split('\n');
+  const images = [];
+  const text = lines.filter((line) => {
+    const m = /^!\[[^\]]*\]\(files\/([^)\s]+)\)$/.exec(line.trim());
+    if (m && FILE_NAME.test(m[1])) { images.push(m[1]); return false; }
+    return true;
+  }).join('\n').trim();
+  if (text) node.append(makeEl('div', { class: 'user-text', text }));
+  if (images.length) {
+    node.append(makeEl('div', { class: 'user-images' }, ...images.map((n) => thumbnail(fileUrl(n), n))));
+  }
+  return node;
+}
+
 function showError(message) {
   appendToLog(makeEl('div', { class: 'msg msg-error', 'data-role': 'error', role: 'alert', text: message }));
 }
 
-function showThinking() {
-  els.log.append(thinking);
-  scrollToBottom();
+function showActivity(text = 'thinking…') {
+  thinking.textContent = text;
+  if (!thinking.isConnected) els.log.append(thinking);
+  keepPinned(() => {});
 }
 
-function hideThinking() { thinking.remove(); }
+function hideActivity() { thinking.remove(); }
 
 function setBusy(busy) {
   state.busy = busy;
-  els.send.disabled = busy;
-  els.newChat.disabled = busy;
   els.log.setAttribute('aria-busy', String(busy));
+  els.stop.hidden = !busy;
+  els.stop.disabled = false;
+  els.send.hidden = busy;
+  updateSend();
 }
 
-/* ---------- tiny markdown (DOM nodes only) ---------- */
+function updateSend() {
+  els.send.disabled = state.busy || state.loading || state.uploading > 0 || !state.sid;
+}
 
-// Paragraphs, line breaks, ``` fences, `code`, **bold**, links and images.
-function renderMarkdown(target, src) {
-  const out = document.createDocumentFragment();
-  const lines = String(src ?? '').replace(/\r\n?/g, '\n').split('\n');
-  let para = [];
-  let code = null;               // lines of an open fenced block, or null
-  const flushPara = () => { if (para.length) out.append(paragraph(para)); para = []; };
-  for (const line of lines) {
-    const isFence = /^\s*```/.test(line);
-    if (code && isFence) { out.append(codeBlock(code)); code = null; }
-    else if (code) code.push(line);
-    else if (isFence) { flushPara(); code = []; }
-    else if (line.trim() === '') flushPara();
-    else para.push(line);
+/* ---------- URLs of a session's files ---------- */
+
+const sessionPath = (suffix = '', sid = state.sid) => `/api/sessions/${encodeURIComponent(sid)}${suffix}`;
+const fileUrl = (name) => sessionPath(`/files/${encodeURIComponent(name)}`);
+
+// A link or image source as the model writes it, as a URL of this origin, or null. Tools name
+// files as `files/<name>`, relative to the session; `/api/sessions/...` links stay as they are.
+function sessionUrl(raw) {
+  const url = String(raw ?? '').trim();
+  const rel = /^(?:\.\/)?files\/([^/?#\s]+)$/.exec(url);
+  if (rel) {
+    let name = rel[1];
+    try { name = decodeURIComponent(name); } catch { /* keep as written */ }
+    return fileUrl(name);
   }
-  if (code) out.append(codeBlock(code));   // unterminated fence: still show it
-  flushPara();
-  target.replaceChildren(out);
-  target.classList.remove('streaming');
-}
-
-function paragraph(lines) {
-  const p = makeEl('p');
-  lines.forEach((line, i) => {
-    if (i) p.append(makeEl('br'));
-    p.append(...inline(line));
-  });
-  return p;
-}
-
-function codeBlock(lines) {
-  return makeEl('pre', {}, makeEl('code', { text: lines.join('\n') }));
-}
-
-const INLINE = /`([^`]+)`|\*\*(.+?)\*\*|!\[([^\]]*)\]\(([^)\s]+)\)|\[([^\]]+)\]\(([^)\s]+)\)/g;
-
-// Split one line into text and inline nodes.
-function inline(text) {
-  const nodes = [];
-  let last = 0;
-  for (const m of text.matchAll(INLINE)) {
-    if (m.index > last) nodes.push(text.slice(last, m.index));
-    if (m[1] !== undefined) nodes.push(makeEl('code', { text: m[1] }));
-    else if (m[2] !== undefined) nodes.push(makeEl('strong', {}, ...inline(m[2])));
-    else if (m[4] !== undefined) nodes.push(image(m[3], m[4], m[0]));
-    else nodes.push(link(m[5], m[6]));
-    last = m.index + m[0].length;
-  }
-  if (last < text.length) nodes.push(text.slice(last));
-  return nodes;
-}
-
-// Resolve a URL and return it only if it points at this origin.
-function sameOriginUrl(url) {
+  if (!url.startsWith('/api/sessions/')) return null;
   let u;
-  try { u = new URL(url, location.href); } catch { return null; }
-  return u.origin === location.origin ? u : null;
+  try { u = new URL(url, location.origin); } catch { return null; }
+  return u.origin === location.origin ? u.pathname + u.search : null;
 }
 
-// Only session files served by the gateway are loaded; anything else the
-// model writes stays plain text so it cannot make the browser fetch it.
-function image(alt, url, raw) {
-  const u = url.startsWith('/api/sessions/') ? sameOriginUrl(url) : null;
-  if (!u) return raw;
-  const href = u.pathname + u.search;
-  const img = makeEl('img', { src: href, alt: alt || 'image', loading: 'lazy' });
-  img.addEventListener('error', () => img.replaceWith(`[image unavailable: ${alt || url}]`));
-  return makeEl('a', { href, target: '_blank', rel: 'noopener' }, img);
+// Where a link may go: this session's files, or the web over http(s) / mailto.
+function linkUrl(raw) {
+  const inSession = sessionUrl(raw);
+  if (inSession) return inSession;
+  let u;
+  try { u = new URL(String(raw ?? ''), location.href); } catch { return null; }
+  if (!['http:', 'https:', 'mailto:'].includes(u.protocol)) return null;
+  if (u.origin === location.origin && !u.pathname.startsWith('/api/sessions/')) return null;
+  return u.href;
 }
 
-function link(label, url) {
-  const u = sameOriginUrl(url);
-  if (!u) return `${label} (${url})`;
-  return makeEl('a', { href: u.href, target: '_blank', rel: 'noopener', text: label });
+function thumbnail(src, alt) {
+  const img = makeEl('img', { src, alt: alt || 'image', loading: 'lazy' });
+  img.addEventListener('error', () => img.replaceWith(`[image unavailable: ${alt || src}]`));
+  return makeEl('a', { href: src, target: '_blank', rel: 'noopener', class: 'thumb' }, img);
+}
+
+/* ---------- Markdown (vendored marked + DOMPurify) ---------- */
+
+const escapeHtml = (s) => String(s).replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+
+let markdown = null;             // a configured Marked, once the vendored scripts are there
+const PURIFY = {
+  USE_PROFILES: { html: true },
+  FORBID_TAGS: ['style', 'form', 'input', 'button', 'textarea', 'select', 'option', 'dialog',
+    'iframe', 'object', 'embed', 'link', 'meta', 'base', 'audio', 'video', 'source', 'picture'],
+  FORBID_ATTR: ['style', 'srcset', 'id', 'name', 'action', 'formaction'],
+  ALLOW_DATA_ATTR: false,
+  RETURN_DOM_FRAGMENT: true,
+};
+
+function setUpMarkdown() {
+  if (markdown || !window.marked || !window.DOMPurify) return markdown;
+  markdown = new window.marked.Marked({ gfm: true, breaks: true, async: false });
+  // Raw HTML in a reply is shown as the text it is, never made into elements.
+  markdown.use({ renderer: { html: ({ text }) => escapeHtml(text ?? '') } });
+  // Inside DOMPurify's inert document, before anything can load: images only from this
+  // session's files, links only where linkUrl() allows.
+  window.DOMPurify.addHook('afterSanitizeAttributes', (node) => {
+    if (node.tagName === 'IMG') {
+      const src = sessionUrl(node.getAttribute('src'));
+      if (src) node.setAttribute('src', src);
+      else {
+        node.setAttribute('data-blocked', node.getAttribute('src') || '');
+        node.removeAttribute('src');
+      }
+    } else if (node.tagName === 'A') {
+      const href = linkUrl(node.getAttribute('href'));
+      if (href) node.setAttribute('href', href);
+      else node.removeAttribute('href');
+    }
+  });
+  return markdown;
+}
+
+function renderMarkdown(target, src) {
+  const md = setUpMarkdown();
+  const text = String(src ?? '');
+  if (!md) {                       // the vendored scripts did not load: plain text
+    target.textContent = text;
+    target.classList.add('plain');
+    return;
+  }
+  const fragment = window.DOMPurify.sanitize(md.parse(text), PURIFY);
+  for (const img of fragment.querySelectorAll('img')) {
+    const alt = img.getAttribute('alt') || '';
+    if (!img.hasAttribute('src')) {
+      const blocked = img.getAttribute('data-blocked');
+      img.replaceWith(alt || blocked ? `[image: ${alt || blocked}]` : '');
+      continue;
+    }
+    img.setAttribute('loading', 'lazy');
+    img.addEventListener('error', () => img.replaceWith(`[image unavailable: ${alt || img.src}]`));
+    if (!img.closest('a')) {
+      const a = makeEl('a', { href: img.getAttribute('src'), target: '_blank', rel: 'noopener' });
+      img.replaceWith(a);
+      a.append(img);
+    }
+  }
+  for (const a of fragment.querySelectorAll('a')) {
+    if (!a.hasAttribute('href')) { a.replaceWith(...a.childNodes); continue; }
+    a.setAttribute('target', '_blank');
+    a.setAttribute('rel', 'noopener');
+  }
+  for (const pre of fragment.querySelectorAll('pre')) {
+    const spot = document.createComment('');
+    pre.replaceWith(spot);
+    spot.replaceWith(codeBlock(pre));
+  }
+  for (const table of fragment.querySelectorAll('table')) {
+    const wrap = makeEl('div', { class: 'table-wrap' });
+    table.replaceWith(wrap);
+    wrap.append(table);
+  }
+  target.replaceChildren(fragment);
+}
+
+// A fenced code block with a Copy button above it.
+function codeBlock(pre) {
+  const copy = makeEl('button', { type: 'button', class: 'copy', 'aria-label': 'Copy code', text: 'Copy' });
+  copy.addEventListener('click', async () => {
+    const ok = await copyText(pre.textContent.replace(/\n$/, ''));
+    copy.textContent = ok ? 'Copied' : 'Copy failed';
+    setTimeout(() => { copy.textContent = 'Copy'; }, 1500);
+  });
+  const lang = /language-([\w+-]+)/.exec(pre.querySelector('code')?.className || '');
+  return makeEl('div', { class: 'code-block' },
+    makeEl('div', { class: 'code-head' }, makeEl('span', { class: 'code-lang', text: lang ? lang[1] : '' }), copy),
+    pre);
+}
+
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    const area = makeEl('textarea', { class: 'offscreen', readonly: '' });
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    let ok = false;
+    try { ok = document.execCommand('copy'); } catch { /* not allowed */ }
+    area.remove();
+    return ok;
+  }
 }
 
 /* ---------- tool call blocks ---------- */
@@ -152,22 +255,45 @@ function formatJson(value, indent) {
 }
 
 function addToolBlock(name, args) {
-  const node = makeEl('div', { class: 'msg msg-tool', 'data-role': 'tool', 'data-tool': name ?? '' },
+  const node = makeEl('div', { class: 'msg msg-tool running', 'data-role': 'tool', 'data-tool': name ?? '' },
     makeEl('div', { class: 'tool-call' },
       makeEl('span', { class: 'tool-label', text: 'Tool' }),
       makeEl('code', { class: 'tool-name', text: name ?? '?' }),
       makeEl('code', { class: 'tool-args', text: args ? formatJson(args) : '' })),
+    makeEl('div', { class: 'tool-images', 'data-testid': 'tool-images' }),
     makeEl('details', { class: 'tool-details' },
-      makeEl('summary', { text: 'Running…' }),
+      makeEl('summary', { text: `Running ${name ?? 'tool'}…` }),
       makeEl('pre', { class: 'tool-result' })));
   appendToLog(node);
   return node;
 }
 
+// The images a tool result shows: ![alt](files/name) or ![alt](/api/sessions/...), else the
+// file a JSON result names.
+function resultImages(content) {
+  const text = typeof content === 'string' ? content : JSON.stringify(content ?? '');
+  const found = new Map();
+  for (const m of text.matchAll(/!\[([^\]]*)\]\(([^)\s]+)\)/g)) {
+    const src = sessionUrl(m[2]);
+    if (src && /\.(?:jpe?g|png)$/i.test(src)) found.set(src, m[1] || m[2]);
+  }
+  if (!found.size) {
+    try {
+      const file = JSON.parse(text)?.file;
+      if (typeof file === 'string' && FILE_NAME.test(file)) found.set(fileUrl(file), file);
+    } catch { /* not JSON */ }
+  }
+  return [...found];
+}
+
 function setToolResult(block, content) {
+  block.classList.remove('running');
+  block.classList.add('done');
   block.querySelector('summary').textContent = 'Result';
   block.querySelector('.tool-result').textContent = formatJson(content ?? '', 2);
-  block.classList.add('done');
+  const images = resultImages(content);
+  keepPinned(() => block.querySelector('.tool-images')
+    .replaceChildren(...images.map(([src, alt]) => thumbnail(src, alt))));
 }
 
 /* ---------- HTTP ---------- */
@@ -189,11 +315,13 @@ function detailText(detail) {
 async function apiError(res) {
   let detail = '';
   try { detail = detailText((await res.json()).detail); } catch { /* body was not JSON */ }
-  return new ApiError(res.status, `Error ${res.status}: ${detail || res.statusText || 'request failed'}`);
+  const error = new ApiError(res.status, `Error ${res.status}: ${detail || res.statusText || 'request failed'}`);
+  error.detail = detail;
+  return error;
 }
 
-async function api(method, path, body) {
-  const init = { method, headers: { Accept: 'application/json' } };
+async function api(method, path, body, signal) {
+  const init = { method, headers: { Accept: 'application/json' }, signal };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -202,8 +330,6 @@ async function api(method, path, body) {
   if (!res.ok) throw await apiError(res);
   return res.status === 204 ? null : res.json();
 }
-
-const sessionPath = (suffix = '') => `/api/sessions/${encodeURIComponent(state.sid)}${suffix}`;
 
 /* ---------- SSE over fetch (EventSource cannot POST) ---------- */
 
@@ -261,130 +387,416 @@ async function readSse(res, onEvent) {
 
 /* ---------- one chat turn ---------- */
 
-// Routes the streamed events of one reply into the log. Text before a tool
-// call and text after it go into separate bubbles, in arrival order.
-function createTurn() {
-  let bubble = null, text = '';
+// Routes the streamed events of one turn into the log. Text before a tool call and text after
+// it go into separate bubbles, in arrival order. A reply is rendered as Markdown as it grows.
+function createTurn(view) {
+  let bubble = null, text = '', frame = 0;
   const pending = [];                       // tool blocks awaiting a result
-  const turn = { finished: false };
+  const turn = { finished: false, stopped: false };
 
+  const render = () => {
+    frame = 0;
+    if (bubble) keepPinned(() => renderMarkdown(bubble, text));
+  };
   const closeSegment = () => {
-    if (bubble) renderMarkdown(bubble, text);
+    if (frame) cancelAnimationFrame(frame);
+    render();
+    if (bubble) bubble.classList.remove('streaming');
     bubble = null, text = '';
   };
 
   turn.handle = (type, raw) => {
+    if (view !== state.view) return;        // another chat is on screen now
     let data = {};
     try { data = JSON.parse(raw) || {}; } catch { /* keep {} */ }
     if (type === 'token') {
-      hideThinking();
+      hideActivity();
       if (!bubble) {
         bubble = addBubble('assistant');
         bubble.classList.add('streaming');
       }
       text += data.text ?? '';
-      keepPinned(() => { bubble.textContent = text; });
+      if (!frame) frame = requestAnimationFrame(render);
     } else if (type === 'tool_call') {
       closeSegment();
       pending.push(addToolBlock(data.name, data.arguments));
+      showActivity(`Running ${data.name ?? 'a tool'}…`);
     } else if (type === 'tool_result') {
       const i = pending.findIndex((b) => b.dataset.tool === data.name);
       const block = pending.splice(Math.max(i, 0), 1)[0] || addToolBlock(data.name, '');
       setToolResult(block, data.content);
+      showActivity(pending.length ? `Running ${pending[0].dataset.tool}…` : 'thinking…');
     } else if (type === 'done') {
       turn.finished = true;
-      hideThinking();
+      turn.stopped = Boolean(data.stopped);
+      hideActivity();
       const reply = data.reply ?? text;
-      if (!bubble && reply) bubble = addBubble('assistant');
-      text = reply;
+      // `reply` is the last segment's whole text: it may only be longer than what streamed.
+      if (!bubble && reply && !(turn.stopped && !text)) bubble = addBubble('assistant');
+      if (bubble) text = reply || text;
+      const last = bubble;
       closeSegment();
+      for (const block of pending) markToolStopped(block);
+      if (turn.stopped) markStopped(last);
     } else if (type === 'error') {
       turn.finished = true;
-      hideThinking();
+      hideActivity();
       closeSegment();
+      for (const block of pending) markToolStopped(block);
       showError(`Error: ${detailText(data.detail) || 'the assistant failed'}`);
     }
   };
   return turn;
 }
 
-async function sendMessage(content) {
+function markToolStopped(block) {
+  block.classList.remove('running');
+  block.querySelector('summary').textContent = 'Stopped';
+}
+
+// The reply of a stopped turn stays as far as it got, with a note that it was stopped.
+function markStopped(bubble) {
+  const node = bubble || addBubble('assistant');
+  node.classList.add('stopped');
+  node.dataset.stopped = 'true';
+  node.append(makeEl('div', { class: 'stopped-note', text: 'Stopped' }));
+}
+
+// Read one turn's SSE answer into the view; true if it ended with done or error.
+async function followTurn(res, view) {
+  const turn = createTurn(view);
+  showActivity();
   setBusy(true);
-  addBubble('user', content);
-  const turn = createTurn();
-  showThinking();
   try {
-    const res = await fetch(sessionPath('/messages'), {
-      method: 'POST',
-      headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
-      body: JSON.stringify({ content }),
-    });
-    if (!res.ok) throw await apiError(res);
     await readSse(res, turn.handle);
-    if (!turn.finished) showError('Error: the reply stream ended unexpectedly.');
   } catch (err) {
-    await reportSendError(err, content);
+    if (view !== state.view) return true;   // left for another chat: the turn runs on
+    console.warn('turn stream:', err);
   } finally {
-    hideThinking();
-    setBusy(false);
-    refreshStreams();
+    if (view === state.view) {
+      hideActivity();
+      setBusy(false);
+    }
+  }
+  if (view !== state.view) return true;
+  if (turn.finished) state.resumes = 0;
+  else await resumeTurn(view);
+  refreshStreams();
+  return true;
+}
+
+// The stream broke off (a phone that slept, a network change): pick the turn up again if it
+// still runs, else show what it stored.
+async function resumeTurn(view) {
+  state.resumes += 1;
+  if (state.resumes > 3) {                  // it keeps breaking off: say so, and stop trying
+    state.resumes = 0;
+    showError('Error: the reply stream ended unexpectedly. Reload the page to see the reply.');
+    return;
+  }
+  try {
+    await enterSession(view.sid);
+  } catch (err) {
+    showError(`Error: the reply stream ended unexpectedly (${err.message}).`);
   }
 }
 
-// A 404 means the session is gone (expired or deleted elsewhere): start a
-// fresh one and hand the text back so the user can resend it.
+async function sendMessage(content) {
+  const view = state.view;
+  addUserBubble(content);
+  noteFirstMessage(view.sid, content);
+  showActivity();
+  setBusy(true);
+  try {
+    const res = await fetch(sessionPath('/messages', view.sid), {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
+      body: JSON.stringify({ content }),
+      signal: view.abort.signal,
+    });
+    if (!res.ok) throw await apiError(res);
+    await followTurn(res, view);
+  } catch (err) {
+    if (view !== state.view) return;
+    hideActivity();
+    setBusy(false);
+    await reportSendError(err, content);
+  }
+}
+
+// A 404 means the session is gone (expired or deleted elsewhere): start a fresh one and hand
+// the text back so the user can resend it.
 async function reportSendError(err, content) {
   if (!(err instanceof ApiError)) {
     showError(`Network error: ${err.message}`);
   } else if (err.status === 404) {
     try {
+      forgetChat(state.sid);
       await enterSession(await createSession());
-      showError('This chat session no longer exists, so a new one was started. Please send your message again.');
+      showError('This chat no longer exists on the server, so a new one was started. Please send your message again.');
       if (!els.input.value) els.input.value = content;
     } catch (e) {
-      showError(`Could not start a new session: ${e.message}`);
+      showError(`Could not start a new chat: ${e.message}`);
     }
   } else {
     showError(err.message);
   }
 }
 
+async function stopTurn() {
+  if (!state.busy || !state.sid) return;
+  els.stop.disabled = true;
+  try {
+    await api('DELETE', sessionPath('/turn'));
+  } catch (err) {
+    if (err.status !== 404) {            // 404: it ended by itself just now
+      showToast(`Could not stop the reply: ${err.message}`);
+      els.stop.disabled = false;
+    }
+  }
+}
+
+/* ---------- your chats (kept in this browser) ---------- */
+
+const CHATS_KEY = 'llmcam.chats';
+const CURRENT_KEY = 'llmcam.current';
+let memoryStore = { [CHATS_KEY]: '[]' };  // where localStorage is not available
+
+function storageGet(key) {
+  try { return localStorage.getItem(key); } catch { return memoryStore[key] ?? null; }
+}
+
+function storageSet(key, value) {
+  try { localStorage.setItem(key, value); } catch { memoryStore = { ...memoryStore, [key]: value }; }
+}
+
+// [{id, title, created}] newest first; created in ms since the epoch.
+function loadChats() {
+  try {
+    const list = JSON.parse(storageGet(CHATS_KEY) || '[]');
+    return Array.isArray(list) ? list.filter((c) => c && typeof c.id === 'string' && c.id) : [];
+  } catch {
+    return [];
+  }
+}
+
+function saveChats(list) {
+  list.sort((a, b) => (b.created || 0) - (a.created || 0));
+  storageSet(CHATS_KEY, JSON.stringify(list));
+  renderChats();
+}
+
+function rememberChat(id, fields = {}) {
+  const list = loadChats();
+  const chat = list.find((c) => c.id === id);
+  if (chat) Object.assign(chat, fields);
+  else list.push({ id, title: '', created: Date.now(), ...fields });
+  saveChats(list);
+}
+
+function forgetChat(id) {
+  saveChats(loadChats().filter((c) => c.id !== id));
+  if (storageGet(CURRENT_KEY) === id) storageSet(CURRENT_KEY, '');
+}
+
+function chatTitle(content) {
+  const text = String(content ?? '').split('\n')
+    .filter((line) => !/^!\[[^\]]*\]\(files\/[^)]+\)$/.test(line.trim())).join(' ').trim();
+  const title = text || (/\(files\/([^)]+)\)/.exec(content)?.[1] ? 'Image' : '');
+  return title.length > 80 ? `${title.slice(0, 79)}…` : title;
+}
+
+function noteFirstMessage(id, content) {
+  const chat = loadChats().find((c) => c.id === id);
+  if (chat && !chat.title) rememberChat(id, { title: chatTitle(content) });
+}
+
+function formatDate(ms) {
+  const d = new Date(ms);
+  if (Number.isNaN(d.getTime())) return '';
+  const today = new Date().toDateString() === d.toDateString();
+  return today ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' })
+    : d.toLocaleDateString([], { year: 'numeric', month: 'short', day: 'numeric' });
+}
+
+function renderChats() {
+  if (!els.chatList) return;
+  els.chatList.replaceChildren(...loadChats().map((chat) => {
+    const title = chat.title || 'New chat';
+    const current = chat.id === state.sid;
+    const open = makeEl('button', { type: 'button', class: 'chat-open' },
+      makeEl('span', { class: 'chat-title', text: title }),
+      makeEl('time', { class: 'chat-date', datetime: new Date(chat.created || 0).toISOString(), text: formatDate(chat.created) }));
+    if (current) open.setAttribute('aria-current', 'true');
+    open.addEventListener('click', () => openChat(chat.id));
+    const forget = makeEl('button', { type: 'button', class: 'chat-forget', 'aria-label': `Forget chat: ${title}`, title: 'Forget this chat', text: '×' });
+    forget.addEventListener('click', () => askForget(chat));
+    return makeEl('li', { class: current ? 'chat-item current' : 'chat-item', 'data-testid': 'chat' }, open, forget);
+  }));
+}
+
+async function openChat(id) {
+  closeChatsOnNarrow();
+  if (id === state.sid && state.view) return;
+  try {
+    await enterSession(id);
+  } catch (err) {
+    if (err.status === 404) {
+      forgetChat(id);
+      showToast('That chat no longer exists on the server; it was removed from your chats.');
+      await enterSession(await firstChatOrNew());
+    } else {
+      showError(`Could not open the chat: ${err.message}`);
+    }
+  }
+}
+
+function askForget(chat) {
+  state.forgetting = chat.id;
+  els.forgetTitle.textContent = chat.title || 'New chat';
+  els.forgetDelete.checked = false;
+  els.forgetDialog.showModal();
+}
+
+async function confirmForget() {
+  const id = state.forgetting;
+  const deleteIt = els.forgetDelete.checked;
+  els.forgetDialog.close();
+  state.forgetting = null;
+  if (!id) return;
+  if (deleteIt) {
+    try { await api('DELETE', sessionPath('', id)); } catch (err) {
+      if (err.status !== 404) { showToast(`Could not delete the chat: ${err.message}`); return; }
+    }
+  }
+  forgetChat(id);
+  if (id === state.sid) {
+    state.sid = null;
+    try { await enterSession(await firstChatOrNew()); } catch (err) {
+      showError(`Could not open a chat: ${err.message}`);
+    }
+  }
+}
+
+async function firstChatOrNew() {
+  const [first] = loadChats();
+  return first ? first.id : createSession();
+}
+
+function closeChatsOnNarrow() {
+  document.body.classList.remove('chats-open');
+  els.chatsToggle.setAttribute('aria-expanded', 'false');
+}
+
 /* ---------- sessions ---------- */
 
-async function createSession() { return (await api('POST', '/api/sessions')).session_id; }
+async function createSession() {
+  const sid = (await api('POST', '/api/sessions')).session_id;
+  rememberChat(sid, { created: Date.now() });
+  return sid;
+}
 
-async function currentOrNewSession() {
-  try { return (await api('GET', '/api/sessions/current')).session_id; } catch (err) {
+// The chat to open first: the one open last time, else the newest, else the session the cookie
+// names (a page from before "Your chats"), else a new one.
+async function startingChat() {
+  const chats = loadChats();
+  const last = storageGet(CURRENT_KEY);
+  if (last && chats.some((c) => c.id === last)) return last;
+  if (chats.length) return chats[0].id;
+  try {
+    const info = await api('GET', '/api/sessions/current');
+    rememberChat(info.session_id, { created: Math.round(info.created_at * 1000) });
+    return info.session_id;
+  } catch (err) {
     if (err.status !== 404) throw err;  // 404: no session cookie yet
   }
   return createSession();
 }
 
-// Switch the page to `sid`: clear the view, listen for notifications, load history.
+// Put chat `sid` on screen: its notifications, its history, and the turn it is running (a page
+// reloaded mid-turn shows that turn from its start, still streaming).
 async function enterSession(sid) {
+  const view = { sid, abort: new AbortController() };
+  state.loading = true;                     // no sending until the chat is on screen
+  try {
+    await showSession(view);
+  } finally {
+    if (view === state.view) {
+      state.loading = false;
+      updateSend();
+    }
+  }
+}
+
+async function showSession(view) {
+  const { sid } = view;
+  if (state.view) state.view.abort.abort();
+  closeEvents();
+  state.view = view;
   state.sid = sid;
+  state.attachments = [];
+  renderAttachments();
+  hideActivity();
+  setBusy(false);
   els.log.replaceChildren();
   els.notifications.replaceChildren();
   els.notificationsEmpty.hidden = false;
+  showStreams([]);
+  storageSet(CURRENT_KEY, sid);
+  renderChats();
+  const { signal } = view.abort;
+
+  const info = await api('GET', sessionPath('', sid), undefined, signal);
+  if (view !== state.view) return;
+  const chat = loadChats().find((c) => c.id === sid);
+  if (!chat) rememberChat(sid, { created: Math.round(info.created_at * 1000) });
   // Event IDs run 1, 2, 3… per session and every event counts in its stream's `sent`, so
   // their sum is the last event already stored.
-  const streams = await listStreams();
-  state.storedUpTo = (streams || []).reduce((n, s) => n + (Number(s.sent) || 0), 0);
-  if (streams) showStreams(streams);
+  const streams = info.notifications || [];
+  state.storedUpTo = streams.reduce((n, s) => n + (Number(s.sent) || 0), 0);
+  showStreams(streams);
   openEvents();
-  await loadHistory();
+
+  // Ask for the turn in flight before reading the history: when it answers, the turn's user
+  // message is stored, and the turn's events are replayed from its start.
+  const live = await fetch(sessionPath('/turn', sid), { headers: { Accept: 'text/event-stream' }, signal });
+  if (view !== state.view) return;
+  if (live.status === 404) throw await apiError(live);
+  if (live.status !== 200 && live.status !== 204) {   // the history still shows what was said
+    console.warn('turn in flight:', (await apiError(live)).message);
+  }
+  const messages = await api('GET', sessionPath('/messages', sid), undefined, signal);
+  if (view !== state.view) return;
+  let shown = messages;
+  if (live.status === 200) {
+    const lastUser = messages.map((m) => m.role).lastIndexOf('user');
+    shown = lastUser >= 0 ? messages.slice(0, lastUser + 1) : messages;
+  }
+  showHistory(shown);
+  if (!chat?.title) {
+    const first = messages.find((m) => m.role === 'user' && typeof m.content === 'string');
+    if (first) rememberChat(sid, { title: chatTitle(first.content) });
+  }
+  if (live.status === 200) followTurn(live, view);
 }
 
 // Rebuild bubbles and tool blocks from stored OpenAI-style messages.
-async function loadHistory() {
-  const messages = await api('GET', sessionPath('/messages'));
+function showHistory(messages) {
   const blocks = new Map();                 // tool_call_id -> tool block
   for (const m of messages) {
-    const content = typeof m.content === 'string' ? m.content : '';
+    let content = typeof m.content === 'string' ? m.content : '';
     if (m.role === 'user') {
-      addBubble('user', content);
+      addUserBubble(content);
     } else if (m.role === 'assistant') {
-      if (content) renderMarkdown(addBubble('assistant'), content);
+      // The session marks a reply the user stopped with a note at its end.
+      const noted = content.trimEnd().endsWith(STOPPED_NOTE);
+      if (noted) content = content.trimEnd().slice(0, -STOPPED_NOTE.length).trimEnd();
+      const stopped = noted || Boolean(m.stopped);
+      if (content || stopped) {
+        const bubble = addBubble('assistant');
+        renderMarkdown(bubble, content);
+        if (stopped) markStopped(bubble);
+      }
       for (const call of m.tool_calls || []) {
         blocks.set(call.id, addToolBlock(call.function?.name, call.function?.arguments));
       }
@@ -392,23 +804,116 @@ async function loadHistory() {
       setToolResult(blocks.get(m.tool_call_id) || addToolBlock('tool', ''), content);
     }
   }
+  for (const block of els.log.querySelectorAll('.msg-tool.running')) markToolStopped(block);
   scrollToBottom();
 }
 
 async function newChat() {
-  if (state.busy) return;
-  setBusy(true);
-  closeEvents();
+  closeChatsOnNarrow();
+  els.newChat.disabled = true;
   try {
-    // The old session may already be gone; a new chat should still start.
-    if (state.sid) await api('DELETE', sessionPath()).catch((e) => console.warn('delete session:', e));
     await enterSession(await createSession());
   } catch (err) {
     showError(`Could not start a new chat: ${err.message}`);
   } finally {
-    setBusy(false);
+    els.newChat.disabled = false;
     els.input.focus();
   }
+}
+
+/* ---------- uploads ---------- */
+
+async function uploadFiles(files) {
+  const view = state.view;
+  if (!view) return;
+  for (const file of files) {
+    if (file.type && !IMAGE_TYPES.includes(file.type)) {
+      showToast(`${file.name}: only JPEG and PNG images can be attached.`);
+      continue;
+    }
+    if (file.size > MAX_UPLOAD) {
+      showToast(`${file.name} is larger than 10 MB.`);
+      continue;
+    }
+    const chip = makeEl('span', { class: 'chip uploading', text: `Uploading ${file.name}…` });
+    els.attachments.append(chip);
+    els.attachments.hidden = false;
+    state.uploading += 1;
+    updateSend();
+    try {
+      const form = new FormData();
+      form.append('file', file, file.name);
+      const res = await fetch(sessionPath('/files', view.sid), {
+        method: 'POST', body: form, headers: { Accept: 'application/json' }, signal: view.abort.signal,
+      });
+      if (!res.ok) throw await apiError(res);
+      const entry = await res.json();
+      if (view === state.view) state.attachments.push(entry.name);
+    } catch (err) {
+      if (view === state.view) {
+        const why = err.status === 413 ? 'is larger than 10 MB'
+          : err.status === 415 ? 'is not a JPEG or PNG image' : `could not be uploaded (${err.message})`;
+        showToast(`${file.name} ${why}.`);
+      }
+    } finally {
+      chip.remove();
+      state.uploading -= 1;
+      if (view === state.view) {
+        renderAttachments();
+        updateSend();
+      }
+    }
+  }
+}
+
+function renderAttachments() {
+  els.attachments.querySelectorAll('.chip:not(.uploading)').forEach((c) => c.remove());
+  for (const name of state.attachments) {
+    const remove = makeEl('button', { type: 'button', class: 'chip-remove', 'aria-label': `Remove ${name}`, text: '×' });
+    remove.addEventListener('click', () => {
+      state.attachments = state.attachments.filter((n) => n !== name);
+      renderAttachments();
+    });
+    els.attachments.append(makeEl('span', { class: 'chip', 'data-file': name },
+      makeEl('img', { src: fileUrl(name), alt: '' }),
+      makeEl('span', { class: 'chip-name', text: name }), remove));
+  }
+  els.attachments.hidden = els.attachments.children.length === 0;
+}
+
+function wireDrop() {
+  let depth = 0;
+  const hasFiles = (ev) => [...(ev.dataTransfer?.types || [])].includes('Files');
+  const hint = (on) => { els.dropHint.hidden = !on; els.chat.classList.toggle('dropping', on); };
+  els.chat.addEventListener('dragenter', (ev) => {
+    if (!hasFiles(ev)) return;
+    ev.preventDefault();
+    depth += 1;
+    hint(true);
+  });
+  els.chat.addEventListener('dragover', (ev) => {
+    if (!hasFiles(ev)) return;
+    ev.preventDefault();
+    ev.dataTransfer.dropEffect = 'copy';
+  });
+  els.chat.addEventListener('dragleave', () => {
+    depth = Math.max(0, depth - 1);
+    if (!depth) hint(false);
+  });
+  els.chat.addEventListener('drop', (ev) => {
+    if (!hasFiles(ev)) return;
+    ev.preventDefault();
+    depth = 0;
+    hint(false);
+    uploadFiles([...ev.dataTransfer.files]);
+  });
+  els.input.addEventListener('paste', (ev) => {
+    const files = [...(ev.clipboardData?.files || [])];
+    if (files.length) {
+      ev.preventDefault();
+      uploadFiles(files);
+    }
+  });
 }
 
 /* ---------- notifications ---------- */
@@ -499,9 +1004,14 @@ async function stopStream(id, button) {
 
 function onSubmit(ev) {
   ev.preventDefault();
-  const content = els.input.value.trim();
-  if (state.busy || !content) return;
+  const text = els.input.value.trim();
+  if (state.busy || state.loading || state.uploading || !state.view) return;
+  if (!text && !state.attachments.length) return;
+  const images = state.attachments.map((name) => `![${name}](files/${name})`);
+  const content = [text, images.join('\n')].filter(Boolean).join('\n\n');
   els.input.value = '';
+  state.attachments = [];
+  renderAttachments();
   autosize();
   sendMessage(content);
 }
@@ -521,24 +1031,44 @@ function autosize() {
 
 async function init() {
   for (const [key, id] of Object.entries({
-    log: 'messages', form: 'composer', input: 'input', send: 'send', newChat: 'new-chat',
+    log: 'messages', form: 'composer', input: 'input', send: 'send', stop: 'stop',
+    newChat: 'new-chat', chat: 'chat', chatList: 'chat-list', chatsToggle: 'chats-toggle',
+    attach: 'attach', fileInput: 'file-input', attachments: 'attachments', dropHint: 'drop-hint',
     streams: 'streams', streamsEmpty: 'streams-empty', notifications: 'notifications',
-    notificationsEmpty: 'notifications-empty', toasts: 'toasts',
+    notificationsEmpty: 'notifications-empty', toasts: 'toasts', forgetDialog: 'forget-dialog',
+    forgetTitle: 'forget-title', forgetDelete: 'forget-delete', forgetConfirm: 'forget-confirm',
+    forgetCancel: 'forget-cancel',
   })) els[key] = document.getElementById(id);
 
+  setUpMarkdown();
   els.form.addEventListener('submit', onSubmit);
   els.input.addEventListener('keydown', onKeydown);
   els.input.addEventListener('input', autosize);
   els.newChat.addEventListener('click', newChat);
+  els.stop.addEventListener('click', stopTurn);
+  els.attach.addEventListener('click', () => els.fileInput.click());
+  els.fileInput.addEventListener('change', () => {
+    const files = [...els.fileInput.files];
+    els.fileInput.value = '';
+    uploadFiles(files);
+  });
+  els.forgetConfirm.addEventListener('click', confirmForget);
+  els.forgetCancel.addEventListener('click', () => els.forgetDialog.close());
+  els.chatsToggle.addEventListener('click', () => {
+    const open = document.body.classList.toggle('chats-open');
+    els.chatsToggle.setAttribute('aria-expanded', String(open));
+  });
+  window.addEventListener('storage', (ev) => { if (ev.key === CHATS_KEY) renderChats(); });
+  wireDrop();
   setInterval(refreshStreams, 15000);
 
-  setBusy(true);
+  updateSend();
   try {
-    await enterSession(await currentOrNewSession());
+    await openChat(await startingChat());
   } catch (err) {
     showError(`Could not load the chat session: ${err.message}`);
   } finally {
-    setBusy(false);
+    updateSend();
     els.input.focus();
   }
 }

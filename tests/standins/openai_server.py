@@ -33,6 +33,7 @@ from ._background import BackgroundServer
 @dataclass(frozen=True)
 class Text:
     content: str
+    chunk_delay: float | None = None  # seconds between this reply's chunks (a slow model)
 
 
 @dataclass(frozen=True)
@@ -201,10 +202,13 @@ class OpenAIServer(BackgroundServer):
             return f"data: {json.dumps({**envelope, 'choices': [choice]})}\n\n"
 
         content = reply.content or ""
+        pause = self.chunk_delay
+        if isinstance(reply, Text) and reply.chunk_delay is not None:
+            pause = reply.chunk_delay
         yield chunk({"role": "assistant", "content": "" if content else None, "refusal": None})
         words = re.findall(r"\s*\S+\s*", content) or ([content] if content else [])
         for i in range(0, len(words), self.chunk_size):
-            await asyncio.sleep(self.chunk_delay)
+            await asyncio.sleep(pause)
             yield chunk({"content": "".join(words[i : i + self.chunk_size])})
         if isinstance(reply, ToolCalls):
             for index, call in enumerate(reply.calls):

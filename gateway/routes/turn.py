@@ -1,0 +1,81 @@
+"""The turn in flight: watch it (a page reloaded mid-turn picks it up) or stop it.
+
+The session's actor keeps the events of its running turn; `current_turn` (a Ray streaming
+generator) replays them from the turn's start and then goes live, ending with the turn. A
+watcher that goes away only stops watching: the turn itself runs on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ray
+from fastapi import APIRouter, HTTPException, Response
+from sse_starlette import EventSourceResponse
+
+from gateway.deps import SessionsDep
+from gateway.models import Problem
+from gateway.sse import sse_event
+
+router = APIRouter(prefix="/api/sessions/{sid}/turn", tags=["chat"])
+log = logging.getLogger(__name__)
+NO_TURN = "no turn is in flight"
+
+
+@router.get("", status_code=200, response_model=None,
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "the turn's events, from its start, then live"},
+                       204: {"description": "no turn is in flight"},
+                       404: {"model": Problem, "description": "unknown session"}})
+async def watch_turn(sid: str, sessions: SessionsDep) -> Response:
+    """The turn in flight as SSE (`token`, `tool_call`, `tool_result`, then `done` or
+    `error`), replayed from its start; 204 when no turn is in flight."""
+
+    async def first(handle: Any) -> tuple[Any, dict[str, Any] | None]:
+        generator = handle.current_turn.remote()
+        try:
+            ref = await generator.__anext__()
+        except StopAsyncIteration:
+            return generator, None
+        return generator, await ref
+
+    generator, item = await sessions.call(sid, first)
+    if item is None:
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
+    return EventSourceResponse(_sse(generator, item), ping=15,
+                               headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+@router.delete("", status_code=204,
+               responses={404: {"model": Problem,
+                                "description": "unknown session, or no turn in flight"}})
+async def stop_turn(sid: str, sessions: SessionsDep) -> Response:
+    """Stop the turn in flight: what the assistant said so far is kept, marked as stopped."""
+    if not await sessions.call(sid, lambda h: h.stop_turn.remote()):
+        raise HTTPException(404, NO_TURN)
+    return Response(status_code=204)
+
+
+async def _sse(generator: Any, first: dict[str, Any]) -> AsyncIterator[dict[str, str]]:
+    try:
+        if (out := sse_event(first)) is not None:
+            yield out
+        async for ref in generator:
+            if (out := sse_event(await ref)) is not None:
+                yield out
+    except Exception as exc:  # the stream has started: report in-band
+        log.warning("watching a turn failed: %s", type(exc).__name__)
+        yield {"event": "error", "data": json.dumps({"detail": "the turn could not be "
+                                                               "followed to its end"})}
+    finally:
+        _cancel(generator)  # a closed tab leaves no watcher behind in the actor
+
+
+def _cancel(generator: Any) -> None:
+    try:
+        ray.cancel(generator)
+    except Exception:  # finished, or its actor is gone
+        pass
