@@ -32,3 +32,7 @@ def test_launcher_validation_and_shape() -> None:
     assert any(t["resources"].get("GPU", 0) >= 1 for t in types.values())
     assert any("llmcam serve" in c and "--ray-address auto" in c
                for c in config["head_start_ray_commands"])
+    # every node reaches the store: PostgreSQL on the head's private address, not a local file
+    assert any("LLMCAM_DB=${LLMCAM_DB:-postgresql://" in c and "hostname -I" in c
+               for c in config["head_start_ray_commands"])
+    assert any("postgresql" in c for c in config["head_setup_commands"])
