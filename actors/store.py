@@ -60,17 +60,18 @@ class Tx(Protocol):
     def execute(self, sql: str, args: tuple[Any, ...] = ()) -> Cursor: ...
 
 
-def open_store(url: str) -> Store:
-    """The store named by LLMCAM_DB: a `postgresql://` URL, else an SQLite path."""
+def open_store(url: str, *, migrate: bool = True) -> Store:
+    """The store named by LLMCAM_DB: a `postgresql://` URL, else an SQLite path. The gateway
+    migrates the schema; session actors (`migrate=False`) only check its version."""
     if url.startswith(("postgresql://", "postgres://")):
         from actors.store_postgres import PostgresStore
 
-        return PostgresStore(url)
+        return PostgresStore(url, migrate=migrate)
     from pathlib import Path
 
     from actors.store_sqlite import SQLiteStore
 
-    return SQLiteStore(Path(url.removeprefix("sqlite:///")))
+    return SQLiteStore(Path(url.removeprefix("sqlite:///")), migrate=migrate)
 
 
 def is_shared(url: str) -> bool:
@@ -132,15 +133,23 @@ class Store(ABC):
         tx.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         row = tx.execute("SELECT MAX(version) FROM schema_version").fetchone()
         found = row[0] if row and row[0] is not None else None
-        if found is not None and found > SCHEMA_VERSION:
-            raise StoreError(
-                f"the database's schema is version {found}, newer than this server's "
-                f"({SCHEMA_VERSION}): upgrade llmcam, or point LLMCAM_DB at another database")
+        _refuse_newer(found)
         for statement in self._schema():
             tx.execute(statement)
         if found != SCHEMA_VERSION:
             tx.execute("DELETE FROM schema_version")
             tx.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+
+    def _check_version(self) -> None:
+        """What a session actor does instead of migrating: the gateway that started it has."""
+        try:
+            found = self._read("SELECT MAX(version) FROM schema_version", ())[0][0]
+        except StoreError:
+            raise
+        except Exception as exc:  # no version table: no gateway has prepared this database
+            raise StoreError("the database has no llmcam schema yet (a gateway creates it)"
+                             ) from exc
+        _refuse_newer(found)
 
     def schema_version(self) -> int:
         rows = self._read("SELECT MAX(version) FROM schema_version", ())
@@ -298,6 +307,13 @@ class Store(ABC):
                           "WHERE key=? ORDER BY started_at", (key,))
         return [{"noti_id": n, "spec": json.loads(s), "status": st, "started_at": float(at),
                  "sent": int(sent)} for n, s, st, at, sent in rows]
+
+
+def _refuse_newer(found: int | None) -> None:
+    if found is not None and found > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database's schema is version {found}, newer than this server's "
+            f"({SCHEMA_VERSION}): upgrade llmcam, or point LLMCAM_DB at another database")
 
 
 class _FencedTx(AbstractContextManager[Tx]):

@@ -45,13 +45,16 @@ class PostgresStore(Store):
     BLOB = "BYTEA"
     REAL = "DOUBLE PRECISION"
 
-    def __init__(self, url: str, *, max_size: int = 2) -> None:
+    def __init__(self, url: str, *, max_size: int = 2, migrate: bool = True) -> None:
         self.url = url
         self._pool = ConnectionPool(
             url, min_size=0, max_size=max_size, max_idle=60, open=False, name="llmcam",
             timeout=CONNECT_TIMEOUT_S, check=ConnectionPool.check_connection, num_workers=1,
             kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT_S})
         self._pool.open()
+        if not migrate:
+            self._check_version()
+            return
         with self._transaction() as tx:
             # Two servers starting at once must not both create the tables.
             tx.execute("SELECT pg_advisory_xact_lock(7001)")

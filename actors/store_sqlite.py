@@ -16,7 +16,7 @@ class SQLiteStore(Store):
     """Many session actors (processes) write to one file at once: WAL, a busy timeout, and
     BEGIN IMMEDIATE so a fenced write holds the write lock from its first statement."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, migrate: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()  # one connection, used from the loop and worker threads
@@ -28,8 +28,11 @@ class SQLiteStore(Store):
             self._conn.execute("PRAGMA busy_timeout=30000")
         except sqlite3.Error as exc:
             raise StoreError(f"LLMCAM_DB: cannot open the SQLite file {path}: {exc}") from exc
-        with self._transaction() as tx:
-            self._migrate(tx)
+        if migrate:
+            with self._transaction() as tx:
+                self._migrate(tx)
+        else:
+            self._check_version()
 
     @contextmanager
     def _transaction(self) -> Iterator[Tx]:

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import secrets
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -61,6 +62,8 @@ class SessionClient:
         self.scheduling = scheduling
         self._handles: OrderedDict[str, ActorHandle] = OrderedDict()
         self._activating: dict[str, asyncio.Lock] = {}
+        self._turn_slots: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary())
         self.spares = SparePool(settings, scheduling)
         # Each new actor process costs about a second of CPU: started all at once they share
         # the cores and every user waits for the slowest; a few at a time, most answer early.
@@ -135,6 +138,17 @@ class SessionClient:
         self._handles[key] = handle
         while len(self._handles) > CACHE_SIZE:
             self._handles.popitem(last=False)
+
+    def turn_slot(self, session_id: str) -> asyncio.Lock:
+        """Held from a turn's submission until its actor has recorded it: this gateway hands a
+        session's turns over one at a time, in their order of arrival, also when a submission
+        has to follow the session to its next activation (Ray does not order an async actor's
+        calls)."""
+        key = session_key(session_id)
+        slot = self._turn_slots.get(key)
+        if slot is None:
+            slot = self._turn_slots[key] = asyncio.Lock()
+        return slot
 
     def forget(self, session_id: str) -> None:
         self._handles.pop(session_key(session_id), None)

@@ -164,3 +164,13 @@ def test_an_unreachable_postgres_is_a_clear_error(postgres: str) -> None:
         store.close()
     with pytest.raises(StoreError, match="unreachable"):
         open_store(url)
+
+
+def test_an_actor_checks_the_schema_without_migrating(url: str) -> None:
+    with pytest.raises(StoreError, match="no llmcam schema"):
+        open_store(url, migrate=False)
+    open_store(url).close()  # the gateway prepares the database
+    checked = open_store(url, migrate=False)
+    checked.create_session("k")
+    assert checked.claim("k") == 1
+    checked.close()

@@ -33,6 +33,8 @@ async def test_sessions_run_in_parallel(gateway: Gateway, fresh_llm) -> None:
     """Four sessions' turns are all at the model at once while the model is still thinking."""
     async with gateway.async_client() as c:
         sids = [(await c.post("/api/sessions")).json()["session_id"] for _ in range(4)]
+        for s in sids:  # live before the clock starts: a process start is not what this checks
+            assert (await c.get(f"/api/sessions/{s}")).status_code == 200
         fresh_llm.delay = 8.0
         try:
             posts = [asyncio.create_task(c.post(f"/api/sessions/{s}/messages",

@@ -29,11 +29,26 @@ async def get_messages(sid: str, sessions: SessionsDep) -> Any:
     return await sessions.call(sid, lambda h: h.messages.remote())
 
 
-def turn_events(sessions: SessionClient, sid: str, content: str) -> AsyncIterator[dict[str, Any]]:
+async def turn_events(sessions: SessionClient, sid: str,
+                      content: str) -> AsyncIterator[dict[str, Any]]:
     """The turn's events from the session actor. If the actor dies mid-turn, the turn goes on
-    in its next activation under the same turn ID, so the message is recorded once."""
+    in its next activation under the same turn ID, so the message is recorded once. Turns of
+    one session are handed to its actor one at a time, in the order they arrived here."""
     turn_id = uuid.uuid4().hex
-    return sessions.stream(sid, lambda h: h.chat.remote(turn_id, content))
+    slot = sessions.turn_slot(sid)
+    await slot.acquire()
+    held = True
+    try:
+        async for item in sessions.stream(sid, lambda h: h.chat.remote(turn_id, content)):
+            if item["event"] == "accepted":
+                if held:
+                    slot.release()
+                    held = False
+                continue
+            yield item
+    finally:
+        if held:
+            slot.release()
 
 
 @router.post("", response_model=Reply, responses={502: {"description": "LLM backend failed"}})

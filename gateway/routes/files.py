@@ -37,7 +37,8 @@ def as_jpeg(data: bytes) -> bytes:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        # Only the two decoders we accept are tried (no other format's parser sees the bytes).
+        with Image.open(io.BytesIO(data), formats=["JPEG", "PNG"]) as image:
             if image.format not in ("JPEG", "PNG"):
                 raise UploadRefused(415, NOT_AN_IMAGE)
             width, height = image.size
@@ -58,7 +59,9 @@ def as_jpeg(data: bytes) -> bytes:
         raise
     except Image.DecompressionBombError as exc:
         raise UploadRefused(413, "the image has too many pixels") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, ImportError) as exc:
+        # ImportError: where ultralytics is loaded it wraps Image.open and reaches for an
+        # optional HEIF plugin when PIL does not know the bytes; they are still not an image.
         raise UploadRefused(415, NOT_AN_IMAGE) from exc
 
 
