@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from actors.errors import LLMFailed
+from actors.metrics import record
 from actors.schema import Tool, validation_message
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ Event = dict[str, Any]
 Journal = Callable[[list[dict[str, Any]]], Awaitable[None]]
 MAX_TOOL_RESULT = 20_000
 
-__all__ = ["LLMFailed", "event", "repair", "run_tool", "run_turn"]
+__all__ = ["LLMFailed", "SchemaCache", "event", "repair", "run_tool", "run_turn"]
 
 
 def event(kind: str, **data: Any) -> Event:
@@ -49,6 +50,22 @@ async def run_tool(tool: Tool | None, name: str, raw_arguments: str, ctx: Any) -
     if len(result) > MAX_TOOL_RESULT:
         result = result[:MAX_TOOL_RESULT] + "\n[output truncated]"
     return result
+
+
+class SchemaCache:
+    """The tool schemas sent with every round, built again only when the toolset changes (a
+    service added or removed): the same tools give the very same list."""
+
+    def __init__(self) -> None:
+        self._tools: tuple[Tool, ...] = ()
+        self._schemas: list[dict[str, Any]] = []
+
+    def __call__(self, tools: list[Tool]) -> list[dict[str, Any]]:
+        if len(tools) != len(self._tools) or any(
+                a is not b for a, b in zip(tools, self._tools, strict=True)):
+            self._tools = tuple(tools)
+            self._schemas = [tool.schema() for tool in tools]
+        return self._schemas
 
 
 async def _complete(llm: LLM, model: str, messages: list[dict[str, Any]],
@@ -77,46 +94,71 @@ async def _complete(llm: LLM, model: str, messages: list[dict[str, Any]],
 
 async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
                    tools: Callable[[], list[Tool]], ctx: Any, journal: Journal,
-                   max_rounds: int = 10, *, max_tool_calls: int = 8) -> AsyncIterator[Event]:
+                   max_rounds: int = 10, *, max_tool_calls: int = 8,
+                   schemas: SchemaCache | None = None) -> AsyncIterator[Event]:
     """Continue the conversation in `history` (which ends with the user's message).
 
     At most `max_tool_calls` of one model message's calls run (a model could ask for
     hundreds at once); the others get a refusal as their result, so every call is answered
-    and the history stays a valid conversation."""
-    for _ in range(max_rounds):
-        toolset = {tool.name: tool for tool in tools()}
-        message: dict[str, Any] = {}
-        async for item in _complete(llm, model, history,
-                                    [t.schema() for t in toolset.values()]):
-            if "event" in item:
+    and the history stays a valid conversation. `schemas` (one per session) keeps the tool
+    schemas from one round and turn to the next while the toolset is unchanged. Rounds, tool
+    calls and LLM failures are recorded as Ray metrics."""
+    schemas = schemas or SchemaCache()
+    rounds = 0
+    try:
+        for _ in range(max_rounds):
+            rounds += 1
+            current = tools()
+            toolset = {tool.name: tool for tool in current}
+            if len(toolset) != len(current):  # a service's tool shadows a built-in one
+                current = list(toolset.values())
+            message: dict[str, Any] = {}
+            try:
+                async for item in _complete(llm, model, history, schemas(current)):
+                    if "event" in item:
+                        yield item
+                    else:
+                        message = item
+            except LLMFailed:
+                record("llm_errors")
+                raise
+            await journal([message])
+            history.append(message)
+            calls = message.get("tool_calls") or []
+            if not calls:
+                yield event("done", reply=message.get("content") or "")
+                return
+            record("tool_calls", len(calls))
+            async for item in _run_calls(calls, toolset, ctx, journal, history,
+                                         max_tool_calls):
                 yield item
-            else:
-                message = item
-        await journal([message])
-        history.append(message)
-        calls = message.get("tool_calls") or []
-        if not calls:
-            yield event("done", reply=message.get("content") or "")
-            return
-        for call in calls:
-            yield event("tool_call", name=call["function"]["name"],
-                        arguments=call["function"]["arguments"])
-        refused = [f"Error: not run: one message may call at most {max_tool_calls} tools at "
-                   "once; call the rest in a later message." for _ in calls[max_tool_calls:]]
-        results = [*await asyncio.gather(*(
-            run_tool(toolset.get(c["function"]["name"]), c["function"]["name"],
-                     c["function"]["arguments"], ctx) for c in calls[:max_tool_calls])),
-                   *refused]
-        replies = [{"role": "tool", "tool_call_id": c["id"], "content": r}
-                   for c, r in zip(calls, results, strict=True)]
-        await journal(replies)
-        history.extend(replies)
-        for call, result in zip(calls, results, strict=True):
-            yield event("tool_result", name=call["function"]["name"], content=result)
+    finally:
+        record("turn_rounds", rounds)
     final = (f"I stopped after {max_rounds} rounds of tool calls without reaching an answer. "
              "Please narrow the request or try again.")
     await journal([{"role": "assistant", "content": final}])
     yield event("done", reply=final)
+
+
+async def _run_calls(calls: list[dict[str, Any]], toolset: dict[str, Tool], ctx: Any,
+                     journal: Journal, history: list[dict[str, Any]],
+                     max_tool_calls: int) -> AsyncIterator[Event]:
+    """One round's tool calls: announced, run together, journaled, then their results."""
+    for call in calls:
+        yield event("tool_call", name=call["function"]["name"],
+                    arguments=call["function"]["arguments"])
+    refused = [f"Error: not run: one message may call at most {max_tool_calls} tools at "
+               "once; call the rest in a later message." for _ in calls[max_tool_calls:]]
+    results = [*await asyncio.gather(*(
+        run_tool(toolset.get(c["function"]["name"]), c["function"]["name"],
+                 c["function"]["arguments"], ctx) for c in calls[:max_tool_calls])),
+               *refused]
+    replies = [{"role": "tool", "tool_call_id": c["id"], "content": r}
+               for c, r in zip(calls, results, strict=True)]
+    await journal(replies)
+    history.extend(replies)
+    for call, result in zip(calls, results, strict=True):
+        yield event("tool_result", name=call["function"]["name"], content=result)
 
 
 def repair(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

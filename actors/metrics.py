@@ -6,10 +6,12 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
+LATENCY_BOUNDARIES = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
 
 @cache
 def _metrics() -> dict[str, Any]:
-    from ray.util.metrics import Counter, Gauge
+    from ray.util.metrics import Counter, Gauge, Histogram
 
     return {
         "live": Gauge("llmcam_sessions_live",
@@ -27,14 +29,34 @@ def _metrics() -> dict[str, Any]:
         "sheds": Counter("llmcam_session_sheds",
                          description="Requests refused with 503 because every live session "
                          "actor was busy and the cap was reached."),
+        # the turn path (actors/session.py, actors/chat.py)
+        "turn_first_token": Histogram(
+            "llmcam_turn_first_token_seconds", boundaries=LATENCY_BOUNDARIES,
+            description="From a turn's start (its user message recorded) to its first "
+            "streamed token."),
+        "turn_done": Histogram(
+            "llmcam_turn_seconds", boundaries=LATENCY_BOUNDARIES,
+            description="From a turn's start to its end, by outcome (done, error, stopped).",
+            tag_keys=("outcome",)),
+        "turn_rounds": Histogram(
+            "llmcam_turn_rounds", boundaries=[1, 2, 3, 5, 10],
+            description="Model calls (rounds of function calling) one turn took."),
+        "tool_calls": Counter("llmcam_tool_calls",
+                              description="Tool calls the model asked for in chat turns."),
+        "llm_errors": Counter("llmcam_llm_errors",
+                              description="Model calls of chat turns that failed (the LLM "
+                              "backend answered an error or could not be reached)."),
     }
 
 
 def record(name: str, value: float = 1.0, **tags: str) -> None:
-    """Count (or, for gauges, set) one figure; never fails the caller."""
+    """Count (or, for gauges, set; for histograms, observe) one figure; never fails the
+    caller."""
     try:
         metric = _metrics()[name]
-        if hasattr(metric, "inc"):
+        if hasattr(metric, "observe"):
+            metric.observe(value, tags=tags or None)
+        elif hasattr(metric, "inc"):
             metric.inc(value, tags=tags or None)
         else:
             metric.set(value, tags=tags or None)

@@ -26,12 +26,13 @@ from typing import Any
 import ray
 
 from actors._ray import release_memory
-from actors.chat import event, repair, run_turn
+from actors.chat import SchemaCache, event, repair, run_turn
 from actors.context import ToolContext, Web, file_name
 from actors.errors import LLMFailed, NotFound, Passivating, SessionGone
 from actors.events import EventHub
 from actors.journal import SessionJournal
 from actors.llm import LLM
+from actors.metrics import record
 from actors.names import NAMESPACE, actor_name, session_key
 from actors.netguard import UrlGuard
 from actors.registry import registry_handle
@@ -58,7 +59,7 @@ class SessionActor:
         self._sid = session_id
         self._key = session_key(session_id)
         self._settings = settings
-        self._store = open_store(settings.db_url)
+        self._store = open_store(settings.db_url, migrate=False)
         self._state = "spare"  # -> live -> closing | gone
         self._created_at = time.time()
         # Everything that does not depend on the session's data is made now, also for a spare
@@ -67,6 +68,7 @@ class SessionActor:
         self._llm = LLM(settings, self._key)
         self._web = Web(UrlGuard(settings.allow_hosts))
         self._toolbox = Toolbox(builtin_tools(settings), self._persist_service)
+        self._schemas = SchemaCache()  # the tool schemas, kept while the toolbox is unchanged
         self._busy = 0
         self._last_used = time.monotonic()
         self._reported = 0.0
@@ -271,6 +273,7 @@ class SessionActor:
             except BaseException:
                 self._lock.release()
                 raise
+            yield event("accepted")  # recorded: the gateway may send this session's next turn
             async for item in turn.follow():
                 if item["event"] == "moved":
                     raise Passivating(self._key)
@@ -312,14 +315,20 @@ class SessionActor:
             turn.partial.clear()
 
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, *self._history]
+        started, outcome = time.monotonic(), "error"
         try:
             async for item in run_turn(self._llm, self._settings.model, messages,
                                        self._toolbox.tools, self.context(), journal,
                                        self._settings.max_rounds,
-                                       max_tool_calls=self._settings.max_tool_calls):
+                                       max_tool_calls=self._settings.max_tool_calls,
+                                       schemas=self._schemas):
                 if item["event"] == "token":
+                    if not turn.partial and outcome == "error":
+                        outcome = "streaming"
+                        record("turn_first_token", time.monotonic() - started)
                     turn.partial.append(item["data"]["text"])
                 if item["event"] == "done":
+                    outcome = "done"
                     await self._journal.finish_turn(turn_id)
                     item = event("done", reply=item["data"]["reply"],
                                  messages=self._turn_messages(turn_id))
@@ -331,6 +340,7 @@ class SessionActor:
             turn.add(event("moved"))  # a newer incarnation owns the session: it goes on there
             asyncio.get_running_loop().create_task(self._passivate("superseded"))
         except asyncio.CancelledError:
+            outcome = "stopped"
             await self._stopped(turn)
         except Exception as exc:  # a bug must not leave the page waiting forever
             log.exception("turn failed")
@@ -338,6 +348,8 @@ class SessionActor:
             turn.add(event("error", detail=f"the turn failed: {type(exc).__name__}",
                            status=500))
         finally:
+            record("turn_done", time.monotonic() - started,
+                   outcome=outcome if outcome in ("done", "stopped") else "error")
             turn.finish()
             if self._turn is turn:
                 self._turn = None

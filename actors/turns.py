@@ -23,9 +23,19 @@ class TurnLog:
         self.pending: asyncio.Future[None] | None = None  # the journal write in progress
         self.partial: list[str] = []  # text streamed since the last journaled message
         self._wake = asyncio.Event()
+        self._taken = 0  # events that some reader has taken: those never change
 
     def add(self, item: dict[str, Any]) -> None:
-        self.events.append(item)
+        """Append an event; a token that follows a token no reader has taken yet joins it
+        (each item a reader takes crosses Ray: a reader that lags takes fewer, larger ones,
+        and every reader, live or replaying, still sees the same events)."""
+        last = self.events[-1] if self.events else None
+        if (item["event"] == "token" and last is not None and last["event"] == "token"
+                and len(self.events) > self._taken):
+            text = last["data"]["text"] + item["data"]["text"]
+            self.events[-1] = {"event": "token", "data": {"text": text}}
+        else:
+            self.events.append(item)
         self._notify()
 
     def finish(self) -> None:
@@ -41,8 +51,10 @@ class TurnLog:
         i = 0
         while True:
             while i < len(self.events):
-                yield self.events[i]
+                item = self.events[i]
                 i += 1
+                self._taken = max(self._taken, i)
+                yield item
             if self.done:
                 return
             await self._wake.wait()

@@ -1,0 +1,207 @@
+"""What a user sees of a streamed turn stays as it was while the turn path carries fewer, larger
+items: replies stream (the first words arrive long before the end), a tool-calling turn with
+parallel calls shows its events in order and leaves the same history, and the pieces that
+coalesce deltas and events keep every character in its place.
+
+(A client that disconnects mid-stream still gets its turn stored: tests/test_turns.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from actors.chat import SchemaCache
+from actors.llm import LLMClient, merge
+from actors.schema import function_tool
+from actors.settings import Settings
+from actors.turns import TurnLog
+from tests.conftest import Gateway
+from tests.standins import Call, OpenAIServer, Text, ToolCalls
+from tests.test_turn_control import events, text_of
+
+SLOW_WORDS = 30
+SLOW_DELAY = 0.1  # seconds between two words: the reply takes about 3 s to stream
+
+
+# --- the pure parts -------------------------------------------------------------------------
+
+def _part(index: int, id: str | None = None, name: str | None = None,
+          arguments: str | None = None) -> dict[str, Any]:
+    return {"index": index, "id": id, "name": name, "arguments": arguments}
+
+
+def test_merge_joins_text_and_each_tool_calls_pieces() -> None:
+    deltas = [{"content": "Let "}, {"content": "me look."},
+              {"tool_calls": [_part(0, "c1", "cap", "")]},
+              {"tool_calls": [_part(0, None, None, '{"key":')]},
+              {"tool_calls": [_part(0, None, None, '"Porvoo"}')]},
+              {"tool_calls": [_part(1, "c2", "list_image_files", "{}")]}]
+    assert merge(deltas) == [{"content": "Let me look.", "tool_calls": [
+        _part(0, "c1", "cap", '{"key":"Porvoo"}'), _part(1, "c2", "list_image_files", "{}")]}]
+    assert deltas[2]["tool_calls"][0]["arguments"] == ""  # the input is left as it was
+
+
+def test_merge_never_reorders_text_and_tool_calls_or_errors() -> None:
+    deltas = [{"tool_calls": [_part(0, "c1", "f", "{}")]}, {"content": "after"},
+              {"content": " the call"}, {"error": "the LLM backend failed: x"}]
+    assert merge(deltas) == [{"tool_calls": [_part(0, "c1", "f", "{}")]},
+                             {"content": "after the call"}, {"error": "the LLM backend failed: x"}]
+    assert merge([]) == []
+
+
+async def test_tokens_no_reader_took_yet_join_and_every_reader_sees_the_same() -> None:
+    turn = TurnLog("t")
+    live: list[dict[str, Any]] = []
+
+    async def read(into: list[dict[str, Any]]) -> None:
+        async for item in turn.follow():
+            into.append(item)
+
+    reader = asyncio.create_task(read(live))
+    for k in range(50):
+        turn.add({"event": "token", "data": {"text": f"{k} "}})
+        if k % 7 == 0:
+            await asyncio.sleep(0)  # the reader runs now and then: runs of various lengths
+        if k == 20:
+            turn.add({"event": "tool_call", "data": {"name": "f", "arguments": "{}"}})
+    turn.add({"event": "done", "data": {"reply": "x"}})
+    turn.finish()
+    await reader
+    late: list[dict[str, Any]] = []
+    await read(late)  # a reloaded page replays the log from its start
+    assert late == live
+    words = [e["data"]["text"] for e in live if e["event"] == "token"]
+    assert "".join(words) == "".join(f"{k} " for k in range(50))
+    assert 2 < len(words) < 50
+    assert [e["event"] for e in live].index("tool_call") < len(live) - 1
+    assert live[-1]["event"] == "done"
+
+
+def test_the_schema_list_is_kept_while_the_tools_are_the_same() -> None:
+    def one(x: int) -> str:
+        """One."""
+        return ""
+
+    def two(y: str) -> str:
+        """Two."""
+        return ""
+
+    a, b = function_tool(one, takes_context=False), function_tool(two, takes_context=False)
+    cache = SchemaCache()
+    first = cache([a, b])
+    assert first == [a.schema(), b.schema()]
+    assert cache([a, b]) is first  # same tools: the very same list
+    assert cache([a]) == [a.schema()]  # a service removed: built again
+
+
+async def test_the_llm_client_sends_chunks_that_read_as_the_deltas(llm: OpenAIServer,
+                                                                   tmp_path) -> None:
+    """The LLMClient (without Ray) against the stand-in: the first words come at once, the
+    rest in fewer chunks than words, every character and tool call as the model sent it."""
+    llm.reset()
+    client = LLMClient(Settings(openai_api_key="k", openai_base_url=llm.base_url,
+                                data=tmp_path))
+    words = " ".join(f"w{i}" for i in range(40))
+    llm.push(Text(words, chunk_delay=0.005),
+             ToolCalls([Call("cap", {"key": "Porvoo"}, id="c1"),
+                        Call("list_image_files", {}, id="c2")], content="Looking."))
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    t0 = time.monotonic()
+    arrivals: list[tuple[float, dict[str, Any]]] = []
+    async for chunk in client.stream(request):
+        arrivals.append((time.monotonic() - t0, chunk))
+    chunks = [c for _, c in arrivals]
+    assert "".join(c["content"] for c in chunks) == words
+    assert 1 < len(chunks) < 40
+    assert arrivals[0][0] < arrivals[-1][0]  # streamed, not sent at the end
+    calls = [c async for c in client.stream(request)]
+    assert merge(calls) == [{"content": "Looking.", "tool_calls": [
+        _part(0, "c1", "cap", '{"key": "Porvoo"}'),
+        _part(1, "c2", "list_image_files", "{}")]}]
+    assert llm.requests[0]["messages"] == request["messages"] and llm.requests[0]["stream"]
+
+
+# --- through the real gateway ---------------------------------------------------------------
+
+async def _stream_turn(gateway: Gateway, content: str) -> tuple[
+        str, list[tuple[float, str, dict[str, Any]]]]:
+    async with gateway.async_client() as c:
+        sid = (await c.post("/api/sessions")).json()["session_id"]
+        seen: list[tuple[float, str, dict[str, Any]]] = []
+        t0 = time.monotonic()
+        async with c.stream("POST", f"/api/sessions/{sid}/messages",
+                            json={"content": content},
+                            headers={"Accept": "text/event-stream"}) as response:
+            assert response.status_code == 200, await response.aread()
+            async for kind, data in events(response):
+                seen.append((time.monotonic() - t0, kind, data))
+    return sid, seen
+
+
+async def test_streamed_deltas_arrive_long_before_the_turn_ends(gateway: Gateway,
+                                                                fresh_llm) -> None:
+    reply = " ".join(f"word{i}" for i in range(SLOW_WORDS))
+    fresh_llm.script("tell me slowly", [Text(reply, chunk_delay=SLOW_DELAY)])
+    _, seen = await _stream_turn(gateway, "tell me slowly")
+    kinds = [kind for _, kind, _ in seen]
+    assert kinds[-1] == "done" and set(kinds[:-1]) == {"token"}
+    assert text_of([(k, d) for _, k, d in seen]) == reply == seen[-1][2]["reply"]
+    first_token = next(t for t, kind, _ in seen if kind == "token")
+    done = seen[-1][0]
+    streaming = SLOW_WORDS * SLOW_DELAY
+    assert done - first_token >= streaming / 2, (first_token, done)
+    assert kinds.count("token") >= SLOW_WORDS // 4  # it streamed in many steps, not one
+
+
+async def test_parallel_tool_calls_keep_their_events_order_and_history(
+        gateway: Gateway, fresh_llm) -> None:
+    marker = "two lists please"
+    fresh_llm.script(marker, [
+        ToolCalls([Call("list_image_files", {}, id="call_a"),
+                   Call("list_detection_files", {}, id="call_b")], content="Let me look."),
+        Text("Both lists are empty."),
+    ])
+    sid, seen = await _stream_turn(gateway, marker)
+    kinds = [kind for _, kind, _ in seen]
+    collapsed = [k for i, k in enumerate(kinds) if i == 0 or k != "token" or kinds[i - 1] != k]
+    assert collapsed == ["token", "tool_call", "tool_call", "tool_result", "tool_result",
+                         "token", "done"], kinds
+    data = [d for _, _, d in seen]
+    calls = [d for (_, k, d) in seen if k == "tool_call"]
+    results = [d for (_, k, d) in seen if k == "tool_result"]
+    assert [c["name"] for c in calls] == ["list_image_files", "list_detection_files"]
+    assert [c["arguments"] for c in calls] == ["{}", "{}"]
+    assert [r["name"] for r in results] == ["list_image_files", "list_detection_files"]
+    assert text_of([(k, d) for _, k, d in seen]) == "Let me look.Both lists are empty."
+    assert data[-1] == {"reply": "Both lists are empty."}
+
+    with httpx.Client(base_url=gateway.url, timeout=60) as c:
+        history = c.get(f"/api/sessions/{sid}/messages").json()
+    turn = [m for m in history if m["role"] != "system"]
+    assert [m["role"] for m in turn] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert turn[1]["content"] == "Let me look."
+    assert [(t["id"], t["function"]["name"], t["function"]["arguments"])
+            for t in turn[1]["tool_calls"]] == [("call_a", "list_image_files", "{}"),
+                                                ("call_b", "list_detection_files", "{}")]
+    assert [m["tool_call_id"] for m in turn[2:4]] == ["call_a", "call_b"]
+    assert [m["content"] for m in turn[2:4]] == [r["content"] for r in results]
+    assert turn[4]["content"] == "Both lists are empty."
+    # the model's second call saw the whole round, in order
+    second = [r for r in fresh_llm.requests if marker in str(r["messages"])][1]
+    assert [m["role"] for m in second["messages"]][-4:] == ["user", "assistant", "tool", "tool"]
+
+
+def test_the_turn_metrics_are_valid_ray_metrics(ray_address: str) -> None:
+    """`record` swallows errors (metrics must never fail a turn): check here that every turn
+    metric is made and takes its value and tags."""
+    from actors.metrics import _metrics
+
+    metrics = _metrics()
+    metrics["turn_first_token"].observe(0.05)
+    metrics["turn_done"].observe(0.2, tags={"outcome": "done"})
+    metrics["turn_rounds"].observe(2)
+    metrics["tool_calls"].inc(2)
+    metrics["llm_errors"].inc()
