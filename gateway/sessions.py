@@ -174,13 +174,16 @@ class SessionClient:
         while True:
             try:
                 generator = make(await self.handle(session_id))
+                finished = False
                 try:
                     async for ref in generator:
                         item = await ref
                         retry = _Retry()  # it answered: a later death gets a full RETRY_S
                         yield item
+                    finished = True
                 finally:
-                    _cancel(generator)
+                    if not finished:  # cancelling a finished generator is a wasted RPC
+                        _cancel(generator)
                 return
             except _MOVED as exc:
                 self.forget(session_id)
