@@ -64,7 +64,7 @@ from benchmarks._harness import (
     tree_uss,
     write_results,
 )
-from tests.standins import OpenAIServer
+from testing.standins import OpenAIServer
 
 MARKER = "chat_load"
 MEMORY_SAMPLES = 5
@@ -502,7 +502,7 @@ def report(args: argparse.Namespace, ours: Result, base: Result | None, started:
         "session, all sessions at the same time (each session's turns one after another), "
         "measured from the HTTP side with one httpx.AsyncClient; shapes run one after another "
         "against one server (the earlier shapes' sessions stay live). LLM: the zero-latency "
-        "OpenAI stand-in (`tests.standins.OpenAIServer`, streaming, echoes the user's message; "
+        "OpenAI stand-in (`testing.standins.OpenAIServer`, streaming, echoes the user's message; "
         "every reply is checked), in the benchmark's own process. llmcam: `llmcam serve` "
         "(embedded Ray, one actor per session, SQLite journal). Baseline: "
         "`benchmarks/baseline_app.py`, the original llmcam's design (one uvicorn process, "

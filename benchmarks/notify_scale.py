@@ -59,8 +59,8 @@ from typing import Any
 import httpx
 import psutil
 
-from tests.standins import Call, OpenAIServer, Text, ToolCalls
-from tests.standins.openai_server import message_text
+from testing.standins import Call, OpenAIServer, Text, ToolCalls
+from testing.standins.openai_server import message_text
 
 MARK_START, MARK_END = "<!-- notify_scale -->", "<!-- /notify_scale -->"
 TAG = re.compile(r"bench-s(\d+)-k(\d+)")
@@ -602,7 +602,7 @@ def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
         "`send_notification` once with the time the model answered; one `/events` listener per "
         "session (httpx, streaming SSE). Measured over a "
         f"{run.window_s:.0f} s window that starts once every stream has delivered. LLM: the "
-        "zero-latency OpenAI stand-in (`tests.standins.OpenAIServer`), in this process. "
+        "zero-latency OpenAI stand-in (`testing.standins.OpenAIServer`), in this process. "
         "Gateway: the real app under uvicorn in a subprocess with its embedded Ray (no YOLO "
         "detector). USS = `psutil.Process(pid).memory_full_info().uss` of the actor's process "
         "(found by its title `ray::NotificationActor…`), MB = 10^6 bytes. After the window "

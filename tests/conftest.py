@@ -31,7 +31,7 @@ import uvicorn
 
 from actors.settings import BUILTIN_TOOL_MODULES, Settings
 from gateway.app import create_app
-from tests.standins import DigitrafficServer, OpenAIServer, VideoServer
+from testing.standins import DigitrafficServer, OpenAIServer, VideoServer
 
 ROOT = Path(ROOT_DIR)
 

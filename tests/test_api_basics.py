@@ -6,8 +6,8 @@ import json
 
 import httpx
 
+from testing.standins import Call, Text, ToolCalls
 from tests.conftest import Gateway, new_session
-from tests.standins import Call, Text, ToolCalls
 
 
 def test_create_session_sets_cookie_and_reads_back(client: httpx.Client) -> None:

@@ -7,8 +7,8 @@ import json
 import httpx
 import pytest
 
+from testing.standins import Call, Text, ToolCalls
 from tests.conftest import new_session
-from tests.standins import Call, Text, ToolCalls
 
 UNKNOWN = "0123456789abcdef0123456789abcdef0123456789a"
 

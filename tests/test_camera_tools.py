@@ -12,9 +12,9 @@ import httpx
 import numpy as np
 import pytest
 
+from testing.standins import Call, DigitrafficServer, OpenAIServer, ToolCalls, VideoServer
+from testing.standins.video_server import BACKGROUND_BGR
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, DigitrafficServer, OpenAIServer, ToolCalls, VideoServer
-from tests.standins.video_server import BACKGROUND_BGR
 
 SAVED = re.compile(r"saved it as (\S+?)\. Show it with !\[\S+\]\((files/\S+)\)")
 

@@ -20,8 +20,8 @@ import pytest
 from actors.names import session_key
 from actors.netguard import UrlGuard
 from actors.netproxy import GuardedProxy
+from testing.standins import Call, OpenAIServer, ToolCalls, VideoServer
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, OpenAIServer, ToolCalls, VideoServer
 
 CANARY_HOST = "127.0.0.2"
 

@@ -18,9 +18,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from actors.names import NAMESPACE, session_key
+from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls, VideoServer
+from testing.standins._background import BackgroundServer
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls, VideoServer
-from tests.standins._background import BackgroundServer
 
 QUESTION_MARKER = "Describe this image quantitatively"
 SAVED = re.compile(r"saved it as (\S+?)\. ")

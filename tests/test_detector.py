@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from actors import detector
+from testing.standins import Call, DigitrafficServer, OpenAIServer, ToolCalls
 from tests.conftest import Gateway, make_settings
-from tests.standins import Call, DigitrafficServer, OpenAIServer, ToolCalls
 
 SESSIONS = 8
 CALLS_PER_SESSION = 2

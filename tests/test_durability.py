@@ -11,8 +11,8 @@ import pytest
 import ray
 
 from actors.names import NAMESPACE, actor_name
+from testing.standins import Call, ToolCalls
 from tests.conftest import Gateway, ServeProcess, make_settings, new_session
-from tests.standins import Call, ToolCalls
 
 
 def session_actor(sid: str):

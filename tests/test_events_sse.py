@@ -21,8 +21,8 @@ from ray._private import state as ray_state
 from actors.names import NAMESPACE, actor_name, session_key
 from actors.store import open_store
 from gateway.routes import events as events_route
+from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway
-from tests.standins import Call, OpenAIServer, Text, ToolCalls
 
 STARTED = re.compile(r"Notification stream started with ID ([0-9a-f-]{36})")
 WAIT = 90.0  # seconds any one condition may take on a loaded 2-core machine

@@ -14,8 +14,8 @@ import pytest
 
 from actors.names import session_key
 from actors.tools.shell import argv_for, run_command, scratch_path
+from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
 
 SAVED = re.compile(r"saved it as (\S+?)\. ")
 SECRET = b"top secret bytes"

@@ -6,8 +6,8 @@ import asyncio
 
 import httpx
 
+from testing.standins import Call, ToolCalls
 from tests.conftest import Gateway
-from tests.standins import Call, ToolCalls
 
 SESSIONS = 30
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from actors.streams import stream_context, stream_interval
+from testing.standins import Call, Fail, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway
-from tests.standins import Call, Fail, OpenAIServer, Text, ToolCalls
 from tests.test_events_sse import (
     Listener,
     assert_valid_conversation,

@@ -20,9 +20,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from testing.standins import Call, ToolCalls
+from testing.standins._background import BackgroundServer
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, ToolCalls
-from tests.standins._background import BackgroundServer
 
 MARKER = f"file-secret-{uuid.uuid4().hex}"
 CANARY_MARKER = f"canary-secret-{uuid.uuid4().hex}"

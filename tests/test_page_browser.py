@@ -19,9 +19,9 @@ import pytest
 
 from actors.names import session_key
 from actors.store import open_store
+from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
+from testing.standins.digitraffic_server import API_PREFIX
 from tests.conftest import ROOT, Gateway, make_settings
-from tests.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
-from tests.standins.digitraffic_server import API_PREFIX
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"

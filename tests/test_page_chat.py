@@ -18,9 +18,9 @@ import httpx
 import pytest
 from PIL import Image
 
+from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
+from testing.standins.digitraffic_server import API_PREFIX
 from tests.conftest import ROOT, Gateway, make_settings
-from tests.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
-from tests.standins.digitraffic_server import API_PREFIX
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"

@@ -15,8 +15,8 @@ import pytest
 from actors.names import session_key
 from actors.settings import BUILTIN_TOOL_MODULES
 from actors.tools.shell import remove_scratch, scratch_path
+from testing.standins import Call, ToolCalls
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, ToolCalls
 
 SECRET = f"store-secret-{uuid.uuid4().hex}"
 

@@ -16,7 +16,7 @@ import openai
 import pytest
 import yt_dlp
 
-from tests.standins import (
+from testing.standins import (
     Call,
     DigitrafficServer,
     Fail,
@@ -25,7 +25,7 @@ from tests.standins import (
     ToolCalls,
     VideoServer,
 )
-from tests.standins.video_server import BACKGROUND_BGR
+from testing.standins.video_server import BACKGROUND_BGR
 
 MODEL = "gpt-4o-mini"
 

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from testing.standins import Call, ToolCalls
 from tests.conftest import ROOT, free_port
-from tests.standins import Call, ToolCalls
 
 STOP_WITHIN_S = 30.0
 

@@ -18,8 +18,8 @@ from actors.llm import LLMClient, merge
 from actors.schema import function_tool
 from actors.settings import Settings
 from actors.turns import TurnLog
+from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway
-from tests.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.test_turn_control import events, text_of
 
 SLOW_WORDS = 30

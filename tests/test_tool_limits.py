@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from testing.standins import Call, ToolCalls
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, ToolCalls
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
+from testing.standins import Call, ToolCalls
+from testing.standins._background import BackgroundServer
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, ToolCalls
-from tests.standins._background import BackgroundServer
 
 SPEC = {
     "openapi": "3.0.3",

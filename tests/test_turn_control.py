@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
+from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway, new_session
-from tests.standins import Call, OpenAIServer, Text, ToolCalls
 
 SLOW = 0.08  # seconds between two streamed words of the slow model
 WORDS = " ".join(f"word{i}" for i in range(40))

@@ -12,8 +12,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from testing.standins import Call, OpenAIServer, ToolCalls
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, OpenAIServer, ToolCalls
 
 
 @pytest.fixture(scope="module")

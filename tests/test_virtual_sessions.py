@@ -14,8 +14,8 @@ import pytest
 import ray
 
 from actors.names import NAMESPACE, actor_name
+from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway, fresh_database, make_settings
-from tests.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.test_events_sse import Listener, chat, send, start_streams, until
 
 IDLE = 1.0

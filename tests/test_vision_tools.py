@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
+from testing.standins._background import BackgroundServer
 from tests.conftest import Gateway, make_settings, new_session
-from tests.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
-from tests.standins._background import BackgroundServer
 
 QUESTION_MARKER = "Describe this image quantitatively"  # in the vision request only
 SAVED = re.compile(r"saved it as (\S+?)\. ")
