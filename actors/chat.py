@@ -1,14 +1,15 @@
 """The function-calling loop: ask the model, run the tools it calls, until it answers.
 
 Each turn is an async generator of events (`token`, `tool_call`, `tool_result`, `done`,
-`error`); every message it adds goes through `journal` before the next step relies on it.
+`error`); every message it adds comes out as a `messages` event before the next step relies
+on it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
     from actors.llm import LLM
 
 Event = dict[str, Any]
-Journal = Callable[[list[dict[str, Any]]], Awaitable[None]]
 MAX_TOOL_RESULT = 20_000
 
 __all__ = ["LLMFailed", "SchemaCache", "event", "repair", "run_tool", "run_turn"]
@@ -93,10 +93,15 @@ async def _complete(llm: LLM, model: str, messages: list[dict[str, Any]],
 
 
 async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
-                   tools: Callable[[], list[Tool]], ctx: Any, journal: Journal,
+                   tools: Callable[[], list[Tool]], ctx: Any,
                    max_rounds: int = 10, *, max_tool_calls: int = 8,
                    schemas: SchemaCache | None = None) -> AsyncIterator[Event]:
     """Continue the conversation in `history` (which ends with the user's message).
+
+    One way: each message the turn adds is yielded as a `messages` event before anything
+    relies on it, and the caller journals it before it pulls the next event (a generator does
+    not go on until asked), so nothing is said to the model, nor a tool run, on a message the
+    store does not have. `history` is the turn's working context (it grows as it goes).
 
     At most `max_tool_calls` of one model message's calls run (a model could ask for
     hundreds at once); the others get a refusal as their result, so every call is answered
@@ -122,27 +127,25 @@ async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
             except LLMFailed:
                 record("llm_errors")
                 raise
-            await journal([message])
+            yield event("messages", messages=[message])
             history.append(message)
             calls = message.get("tool_calls") or []
             if not calls:
                 yield event("done", reply=message.get("content") or "")
                 return
             record("tool_calls", len(calls))
-            async for item in _run_calls(calls, toolset, ctx, journal, history,
-                                         max_tool_calls):
+            async for item in _run_calls(calls, toolset, ctx, history, max_tool_calls):
                 yield item
     finally:
         record("turn_rounds", rounds)
     final = (f"I stopped after {max_rounds} rounds of tool calls without reaching an answer. "
              "Please narrow the request or try again.")
-    await journal([{"role": "assistant", "content": final}])
+    yield event("messages", messages=[{"role": "assistant", "content": final}])
     yield event("done", reply=final)
 
 
 async def _run_calls(calls: list[dict[str, Any]], toolset: dict[str, Tool], ctx: Any,
-                     journal: Journal, history: list[dict[str, Any]],
-                     max_tool_calls: int) -> AsyncIterator[Event]:
+                     history: list[dict[str, Any]], max_tool_calls: int) -> AsyncIterator[Event]:
     """One round's tool calls: announced, run together, journaled, then their results."""
     for call in calls:
         yield event("tool_call", name=call["function"]["name"],
@@ -155,7 +158,7 @@ async def _run_calls(calls: list[dict[str, Any]], toolset: dict[str, Tool], ctx:
                *refused]
     replies = [{"role": "tool", "tool_call_id": c["id"], "content": r}
                for c, r in zip(calls, results, strict=True)]
-    await journal(replies)
+    yield event("messages", messages=replies)
     history.extend(replies)
     for call, result in zip(calls, results, strict=True):
         yield event("tool_result", name=call["function"]["name"], content=result)

@@ -134,16 +134,14 @@ class NotificationActor:
             f"Round {n} of notification stream {self.noti_id} ({stamp}). "
             f"Task: {self._task_text}\nCheck now.")}
         added: list[dict[str, Any]] = [prompt]
-
-        async def journal(bodies: list[dict[str, Any]]) -> None:
-            added.extend(bodies)
-
         history = [*self._context, *(m for r in self._own for m in r), prompt]
         turn = run_turn(self._model, self._settings.model, history, lambda: self._tools,
-                        self._ctx, journal, self._settings.max_rounds,
+                        self._ctx, self._settings.max_rounds,
                         max_tool_calls=self._settings.max_tool_calls)
         async with aclosing(turn):
             async for item in turn:
+                if item["event"] == "messages":  # the stream's own talk, kept for its context
+                    added.extend(item["data"]["messages"])
                 if self.stopped and item["event"] == "tool_result":
                     return  # it stopped itself: no further model call in this round
         if added[-1].get("role") == "assistant" and not added[-1].get("tool_calls"):

@@ -318,10 +318,13 @@ class SessionActor:
         started, outcome = time.monotonic(), "error"
         try:
             async for item in run_turn(self._llm, self._settings.model, messages,
-                                       self._toolbox.tools, self.context(), journal,
+                                       self._toolbox.tools, self.context(),
                                        self._settings.max_rounds,
                                        max_tool_calls=self._settings.max_tool_calls,
                                        schemas=self._schemas):
+                if item["event"] == "messages":  # journaled before the turn goes on
+                    await journal(item["data"]["messages"])
+                    continue
                 if item["event"] == "token":
                     if not turn.partial and outcome == "error":
                         outcome = "streaming"
