@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import posixpath
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import unquote
 
 from actors.netguard import UrlGuard
 from actors.settings import Settings
@@ -16,19 +13,7 @@ if TYPE_CHECKING:
     import httpx
 
     from actors.llm import LLM
-    from actors.toolbox import Toolbox
 
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def file_name(reference: str) -> str:
-    """The file name a tool was given: its directory part is ignored, encodings undone."""
-    name = posixpath.basename(unquote(unquote(reference)).replace("\\", "/"))
-    return "" if name in ("", ".", "..") else name
-
-
-def safe_stem(text: str, limit: int = 40) -> str:
-    return _SAFE.sub("_", text).strip("._-")[:limit] or "file"
 
 
 class Files(Protocol):
@@ -37,6 +22,16 @@ class Files(Protocol):
     async def save(self, kind: str, stem: str, data: bytes, ext: str) -> str: ...
     async def read(self, name: str) -> bytes: ...
     async def list(self, kind: str | None = None) -> list[FileInfo]: ...
+
+
+class Services(Protocol):
+    """The session's added services (its toolbox), as the toolbox-changing tools see it."""
+
+    async def add(self, name: str, spec: dict[str, Any], tool_modules: list[str]) -> list[Any]:
+        ...
+
+    async def remove(self, name: str) -> int: ...
+    def services(self) -> list[str]: ...
 
 
 class Streams(Protocol):
@@ -76,7 +71,7 @@ class ToolContext:
     web: Web
     files: Files
     llm: LLM
-    toolbox: Toolbox | None = None
+    toolbox: Services | None = None
     streams: Streams | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

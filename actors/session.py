@@ -27,7 +27,7 @@ import ray
 
 from actors._ray import release_memory
 from actors.chat import SchemaCache, event, repair, run_turn
-from actors.context import ToolContext, Web, file_name
+from actors.context import ToolContext, Web
 from actors.errors import LLMFailed, NotFound, Passivating, SessionGone
 from actors.events import EventHub
 from actors.journal import SessionJournal
@@ -36,7 +36,7 @@ from actors.metrics import record
 from actors.names import NAMESPACE, actor_name, session_key
 from actors.netguard import UrlGuard
 from actors.registry import registry_handle
-from actors.session_files import SessionFiles, content_type
+from actors.session_files import SessionFiles, content_type, file_name
 from actors.settings import Settings
 from actors.store import Fenced, open_store
 from actors.streams import SessionStreams

@@ -3,15 +3,28 @@ messages so that an actor rebuilt on another node still has them."""
 
 from __future__ import annotations
 
+import posixpath
+import re
 import time
+from urllib.parse import unquote
 
-from actors.context import file_name, safe_stem
 from actors.journal import SessionJournal
 from actors.store import FileInfo
 
 PREFIX = {"capture": "cap", "detection": "detection", "plot": "plot", "upload": "upload"}
 CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}
 MAX_FILE = 25 * 1024 * 1024
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def file_name(reference: str) -> str:
+    """The file name a tool was given: its directory part is ignored, encodings undone."""
+    name = posixpath.basename(unquote(unquote(reference)).replace("\\", "/"))
+    return "" if name in ("", ".", "..") else name
+
+
+def safe_stem(text: str, limit: int = 40) -> str:
+    return _SAFE.sub("_", text).strip("._-")[:limit] or "file"
 
 
 def content_type(name: str) -> str:

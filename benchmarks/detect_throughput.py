@@ -45,9 +45,9 @@ import numpy as np
 import ray
 
 from actors import detector
-from actors.context import ToolContext, Web, file_name, safe_stem
+from actors.context import ToolContext, Web
 from actors.netguard import UrlGuard
-from actors.session_files import PREFIX
+from actors.session_files import PREFIX, file_name, safe_stem
 from actors.settings import Settings
 from actors.tools import vision
 

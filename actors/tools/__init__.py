@@ -11,7 +11,7 @@ import importlib
 
 from actors.schema import Tool, function_tool
 from actors.settings import BUILTIN_TOOL_MODULES, Settings
-from actors.toolbox import toolbox_tools
+from actors.tools.services import toolbox_tools
 
 
 def builtin_tools(settings: Settings, *, in_stream: bool = False) -> list[Tool]:

@@ -17,7 +17,8 @@ from urllib.parse import quote, urlsplit
 from pydantic import Field
 
 from actors import media
-from actors.context import ToolContext, safe_stem
+from actors.context import ToolContext
+from actors.session_files import safe_stem
 
 if TYPE_CHECKING:
     import httpx

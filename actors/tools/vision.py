@@ -20,8 +20,9 @@ from urllib.parse import urlsplit
 from pydantic import Field
 
 from actors import media
-from actors.context import ToolContext, file_name, safe_stem
+from actors.context import ToolContext
 from actors.errors import LLMFailed
+from actors.session_files import file_name, safe_stem
 
 QUESTION = """
     Describe this image quantitatively as many as possible in json format.
