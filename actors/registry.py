@@ -68,7 +68,9 @@ class LiveSessions:
             record("live", len(self._used))
 
     async def gone(self, key: str, reason: str) -> None:
-        if self._used.pop(key, None) is not None and reason in ("idle", "shed"):
+        # A shed is counted where it is asked for (`_passivate`): the victim's own report may
+        # come before or after the admission forgets it.
+        if self._used.pop(key, None) is not None and reason == "idle":
             record("passivations", reason=reason)
         record("live", len(self._used))
 

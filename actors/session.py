@@ -315,7 +315,7 @@ class SessionActor:
             turn.partial.clear()
 
         messages = [{"role": "system", "content": SYSTEM_PROMPT}, *self._history]
-        started, outcome = time.monotonic(), "error"
+        started, outcome, streaming = time.monotonic(), "error", False
         try:
             async for item in run_turn(self._llm, self._settings.model, messages,
                                        self._toolbox.tools, self.context(),
@@ -326,8 +326,8 @@ class SessionActor:
                     await journal(item["data"]["messages"])
                     continue
                 if item["event"] == "token":
-                    if not turn.partial and outcome == "error":
-                        outcome = "streaming"
+                    if not streaming:
+                        streaming = True
                         record("turn_first_token", time.monotonic() - started)
                     turn.partial.append(item["data"]["text"])
                 if item["event"] == "done":
@@ -351,8 +351,7 @@ class SessionActor:
             turn.add(event("error", detail=f"the turn failed: {type(exc).__name__}",
                            status=500))
         finally:
-            record("turn_done", time.monotonic() - started,
-                   outcome=outcome if outcome in ("done", "stopped") else "error")
+            record("turn_done", time.monotonic() - started, outcome=outcome)
             turn.finish()
             if self._turn is turn:
                 self._turn = None

@@ -16,7 +16,8 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -156,9 +157,15 @@ class Store(ABC):
         return int(rows[0][0])
 
     # transactions -------------------------------------------------------------------------
-    def _fenced(self, key: str, epoch: int) -> AbstractContextManager[Tx]:
+    @contextmanager
+    def _fenced(self, key: str, epoch: int) -> Iterator[Tx]:
         """A write transaction that is refused unless `epoch` is still the session's."""
-        return _FencedTx(self, key, epoch)
+        with self._transaction() as tx:
+            row = tx.execute(f"SELECT epoch FROM sessions WHERE key=?{self.LOCK}",
+                             (key,)).fetchone()
+            if row is None or int(row[0]) != epoch:
+                raise Fenced(key)
+            yield tx
 
     # sessions -----------------------------------------------------------------------------
     def create_session(self, key: str) -> None:
@@ -314,26 +321,3 @@ def _refuse_newer(found: int | None) -> None:
         raise StoreError(
             f"the database's schema is version {found}, newer than this server's "
             f"({SCHEMA_VERSION}): upgrade llmcam, or point LLMCAM_DB at another database")
-
-
-class _FencedTx(AbstractContextManager[Tx]):
-    def __init__(self, store: Store, key: str, epoch: int) -> None:
-        self._store, self._key, self._epoch = store, key, epoch
-        self._inner: AbstractContextManager[Tx] | None = None
-
-    def __enter__(self) -> Tx:
-        self._inner = self._store._transaction()  # noqa: SLF001 - the store's own helper
-        tx = self._inner.__enter__()
-        try:
-            row = tx.execute(f"SELECT epoch FROM sessions WHERE key=?{self._store.LOCK}",
-                             (self._key,)).fetchone()
-            if row is None or int(row[0]) != self._epoch:
-                raise Fenced(self._key)
-        except BaseException as exc:
-            self._inner.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        return tx
-
-    def __exit__(self, *exc: Any) -> bool | None:
-        assert self._inner is not None
-        return self._inner.__exit__(*exc)

@@ -201,10 +201,14 @@ class SessionClient:
             handle = None  # not live: the store is all there is
         if handle is not None:
             try:
+                # the actor stops its streams, deletes the rows and tells the registry
                 await handle.delete.remote()
+                handle_deleted = True
             except _MOVED:
-                pass
+                handle_deleted = False
             ray.kill(handle, no_restart=True)
+            if handle_deleted:
+                return
         await asyncio.to_thread(self.store.delete_session, key)
         self.registry.gone.remote(key, "deleted")
 
