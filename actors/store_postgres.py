@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from actors.store import Store, StoreError, Tx
+from actors.store_sql import Store, StoreError, Tx
 
 CONNECT_TIMEOUT_S = 10
 
