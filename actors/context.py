@@ -37,7 +37,8 @@ class Services(Protocol):
 class Streams(Protocol):
     """Notification streams, as seen from a tool (the session's, or a stream's own)."""
 
-    async def start(self, task: str, interval_seconds: float | None) -> str: ...
+    async def start(self, task: str, interval_seconds: float | None,
+                    account: str | None = None) -> str: ...
     async def stop(self, noti_id: str) -> str: ...
     async def send(self, message: str) -> str: ...
 
@@ -74,6 +75,7 @@ class ToolContext:
     toolbox: Services | None = None
     streams: Streams | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    account: str | None = None  # who the turn runs for (limits and costs count by it)
 
     @property
     def guard(self) -> UrlGuard:

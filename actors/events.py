@@ -40,9 +40,10 @@ class _Listener:
 
 class EventHub:
     def __init__(self, journal: SessionJournal, max_listeners: int = 8,
-                 max_replay: int = 1000) -> None:
+                 max_replay: int = 1000, max_events: int | None = None) -> None:
         self._journal = journal
         self._max_listeners, self._max_replay = max_listeners, max_replay
+        self._max_events = max_events  # stored per session; the oldest go first
         self._listeners: set[_Listener] = set()
         self._open = 0
         self._numbering = asyncio.Lock()  # events are stored and pushed in one order
@@ -56,7 +57,7 @@ class EventHub:
         """Number, store and push one notification (in order, exactly once)."""
         message = str(message)[:MAX_MESSAGE]
         async with self._numbering:
-            seq, at = await self._journal.add_event(noti_id, message)
+            seq, at = await self._journal.add_event(noti_id, message, self._max_events)
             item = {"id": seq, "noti_id": noti_id, "message": message, "at": at}
             for listener in list(self._listeners):
                 listener.push(item)

@@ -30,8 +30,9 @@ class SessionJournal:
     async def messages(self) -> list[StoredMessage]:
         return await self._run(self.store.messages)
 
-    async def begin_turn(self, turn_id: str, user: dict[str, Any]) -> bool:
-        return await self._write(self.store.begin_turn, turn_id, user)
+    async def begin_turn(self, turn_id: str, user: dict[str, Any],
+                         account: str | None = None) -> bool:
+        return await self._write(self.store.begin_turn, turn_id, user, account)
 
     async def append(self, turn_id: str | None, bodies: list[dict[str, Any]]) -> None:
         await self._write(self.store.append, turn_id, bodies)
@@ -41,6 +42,19 @@ class SessionJournal:
 
     async def turn_done(self, turn_id: str) -> bool:
         return await self._run(self.store.turn_done, turn_id)
+
+    # costs --------------------------------------------------------------------------------------
+    async def add_tokens(self, account: str | None, prompt: int, completion: int) -> None:
+        await self._run(self.store.add_tokens, account, prompt, completion)
+
+    async def usage(self) -> dict[str, int]:
+        return await self._run(self.store.session_usage)
+
+    async def usage_today(self, account: str) -> dict[str, int]:
+        return await asyncio.to_thread(self.store.usage_today, account)
+
+    async def running_streams(self, account: str) -> int:
+        return await asyncio.to_thread(self.store.running_streams, account)
 
     # added tools --------------------------------------------------------------------------------
     async def put_service(self, name: str, spec: dict[str, Any]) -> None:
@@ -60,15 +74,17 @@ class SessionJournal:
         return await self._run(self.store.file, name)
 
     # notification events and streams ------------------------------------------------------------
-    async def add_event(self, noti_id: str, message: str) -> tuple[int, float]:
-        return await self._write(self.store.add_event, noti_id, message)
+    async def add_event(self, noti_id: str, message: str,
+                        keep: int | None = None) -> tuple[int, float]:
+        return await self._write(self.store.add_event, noti_id, message, keep)
 
     async def events_after(self, after: int,
                            limit: int | None = None) -> list[tuple[int, str, str, float]]:
         return await self._run(self.store.events_after, after, limit)
 
-    async def put_stream(self, noti_id: str, spec: dict[str, Any], status: str) -> None:
-        await self._write(self.store.put_stream, noti_id, spec, status)
+    async def put_stream(self, noti_id: str, spec: dict[str, Any], status: str,
+                         account: str | None = None, limit: int | None = None) -> bool:
+        return await self._write(self.store.put_stream, noti_id, spec, status, account, limit)
 
     async def set_stream_status(self, noti_id: str, status: str) -> None:
         await self._write(self.store.set_stream_status, noti_id, status)

@@ -29,6 +29,10 @@ def _metrics() -> dict[str, Any]:
         "sheds": Counter("llmcam_session_sheds",
                          description="Requests refused with 503 because every live session "
                          "actor was busy and the cap was reached."),
+        "limited": Counter("llmcam_limited",
+                           description="Requests refused by a per-user limit, by the limit's "
+                           "variable (LLMCAM_RATE_TURNS, LLMCAM_USER_LIVE_SESSIONS, ...).",
+                           tag_keys=("limit",)),
         # the turn path (actors/session.py, actors/chat.py)
         "turn_first_token": Histogram(
             "llmcam_turn_first_token_seconds", boundaries=LATENCY_BOUNDARIES,
@@ -46,6 +50,10 @@ def _metrics() -> dict[str, Any]:
         "llm_errors": Counter("llmcam_llm_errors",
                               description="Model calls of chat turns that failed (the LLM "
                               "backend answered an error or could not be reached)."),
+        "llm_tokens": Counter("llmcam_llm_tokens",
+                              description="LLM tokens of model calls, by kind (prompt, "
+                              "completion): the server's counts, else about four characters "
+                              "a token.", tag_keys=("kind",)),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import time
 from contextlib import aclosing, suppress
@@ -52,7 +53,8 @@ class OwnStream:
     def __init__(self, actor: NotificationActor) -> None:
         self._actor = actor
 
-    async def start(self, task: str, interval_seconds: float | None) -> str:
+    async def start(self, task: str, interval_seconds: float | None,
+                    account: str | None = None) -> str:
         return "A notification stream cannot start another stream."
 
     async def send(self, message: str) -> str:
@@ -74,8 +76,11 @@ class NotificationActor:
         self.parent = parent
         self.noti_id = noti_id
         self.stopped = False
+        self.expired = False
         self.rounds = 0
         self._interval = float(spec["interval"])
+        self._account: str | None = spec.get("account")
+        self._expires_at = float(spec.get("expires_at") or math.inf)
         self._context: list[dict[str, Any]] = spec["context"]
         self._task_text = str(spec.get("task", ""))
         self._own: list[list[dict[str, Any]]] = []
@@ -92,8 +97,9 @@ class NotificationActor:
         return f"NotificationActor({self.noti_id})"
 
     async def run(self) -> str:
-        """Rounds until stopped (by its model or by `stop`); answers "stopped" then. A failing
-        round is logged and tried again at the next interval."""
+        """Rounds until stopped (by its model or by `stop`), or until its hours are over;
+        answers "stopped" or "expired" then. A failing round is logged and tried again at the
+        next interval."""
         from actors._ray import release_memory
 
         release_memory()  # start-up garbage: many of these share a node
@@ -102,7 +108,7 @@ class NotificationActor:
             await self._loop
         if not self.stopped:  # `run` itself was cancelled
             raise asyncio.CancelledError
-        return "stopped"
+        return "expired" if self.expired else "stopped"
 
     async def stop(self) -> None:
         """Stop now: the round in progress is cancelled, so no model call follows."""
@@ -118,9 +124,17 @@ class NotificationActor:
 
     async def _rounds(self) -> None:
         while not self.stopped:
+            if time.time() >= self._expires_at:  # LLMCAM_STREAM_HOURS are over
+                self.expired = self.stopped = True
+                return
             self.rounds += 1
             try:
-                await self._round(self.rounds)
+                if self._settings.token_budget > 0 and not await self.parent.budget_left.remote(
+                        self._account):
+                    log.info("stream %s skips a round: the day's token budget is spent",
+                             self.noti_id)
+                else:
+                    await self._round(self.rounds)
             except LLMFailed as exc:
                 log.warning("stream %s round %d: %s", self.noti_id, self.rounds, exc)
             except Exception:
@@ -137,9 +151,13 @@ class NotificationActor:
         history = [*self._context, *(m for r in self._own for m in r), prompt]
         turn = run_turn(self._model, self._settings.model, history, lambda: self._tools,
                         self._ctx, self._settings.max_rounds,
-                        max_tool_calls=self._settings.max_tool_calls)
+                        max_tool_calls=self._settings.max_tool_calls,
+                        max_context_tokens=self._settings.max_context_tokens)
         async with aclosing(turn):
             async for item in turn:
+                if item["event"] == "usage":  # paid by the user who started the stream
+                    self.parent.stream_usage.remote(self._account, item["data"])
+                    continue
                 if item["event"] == "messages":  # the stream's own talk, kept for its context
                     added.extend(item["data"]["messages"])
                 if self.stopped and item["event"] == "tool_result":

@@ -6,9 +6,15 @@ tell it when they come up, when they were last used (at most once a second) and 
 When the cap is reached, the least recently used live session is asked to passivate; an actor
 that is busy (a turn in flight, an open /events stream, a running notification stream) says no
 and the next one is asked; when none can go, `admit` answers how long to wait (the gateway's
-503 with Retry-After). The actors decide for themselves, on their own event loop, so a session
-is never shed mid-turn. The registry's state is soft: rebuilt from Ray's named actors if it
-restarts, and pruned the same way when the count looks full.
+503 with Retry-After). The same holds per user (`LLMCAM_USER_LIVE_SESSIONS`): a user over their
+share makes room among their own sessions first, and gets a 429 when all of theirs are busy.
+The actors decide for themselves, on their own event loop, so a session is never shed mid-turn.
+The registry's state is soft: rebuilt from Ray's named actors if it restarts, and pruned the
+same way when the count looks full.
+
+Being the one actor per cluster, it also counts each user's open listeners (leases that their
+gateway renews, so a gateway that dies frees its users' places within `LEASE_S`) and runs the
+retention sweep (sessions unused for `LLMCAM_SESSION_TTL_SECONDS` are deleted whole).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from actors.names import NAMESPACE
 REGISTRY_NAME = "live-sessions"
 PREFIX = "session:"
 RETRY_AFTER_S = 2
+LEASE_S = 60.0  # a listener's place is kept this long after its gateway last renewed it
 MEMORY_PER_SESSION = 60 * 1024 * 1024  # what a live session actor costs, with headroom
 
 
@@ -42,15 +49,31 @@ class LiveSessions:
     def __init__(self, cap: int) -> None:
         self._cap = max(1, int(cap))
         self._used: dict[str, float] = dict.fromkeys(_live_keys(), 0.0)  # key -> last used
+        self._holder: dict[str, str] = {}  # key -> the account that activated it
+        self._leases: dict[str, tuple[str, float]] = {}  # listener -> (account, expires)
         self._admitting = asyncio.Lock()
+        self._sweepers: dict[str, asyncio.Task[None]] = {}  # one per store (its URL)
         record("live", len(self._used))
 
     def __repr__(self) -> str:
         return "LiveSessions"
 
-    async def configure(self, cap: int) -> int:
+    async def configure(self, cap: int, settings: Any = None) -> int:
+        """Every gateway calls this at start; with settings, the retention sweep of its store
+        (re)starts with them."""
         self._cap = max(1, int(cap))
+        if settings is not None:
+            from actors.retention import sweep_forever
+
+            running = self._sweepers.pop(settings.db_url, None)
+            if running is not None:
+                running.cancel()
+            self._sweepers[settings.db_url] = asyncio.get_running_loop().create_task(
+                sweep_forever(settings, self._recently_used(settings.session_ttl_seconds)))
         return self._cap
+
+    def _recently_used(self, ttl: float) -> Any:
+        return lambda key: self._used.get(key, 0.0) > time.time() - ttl
 
     async def status(self) -> dict[str, Any]:
         return {"cap": self._cap, "live": len(self._used)}
@@ -70,32 +93,71 @@ class LiveSessions:
     async def gone(self, key: str, reason: str) -> None:
         # A shed is counted where it is asked for (`_passivate`): the victim's own report may
         # come before or after the admission forgets it.
+        self._holder.pop(key, None)
         if self._used.pop(key, None) is not None and reason == "idle":
             record("passivations", reason=reason)
         record("live", len(self._used))
 
     # what gateways ask before a cold activation -------------------------------------------------
-    async def admit(self, key: str) -> float | None:
-        """Make room for `key` to go live: None when it may, else seconds to wait."""
+    async def admit(self, key: str, holder: str | None = None,
+                    user_cap: int | None = None) -> dict[str, Any] | None:
+        """Make room for `key` to go live for `holder` (an account): None when it may, else
+        `{"limit": None (the cluster's cap) or "LLMCAM_USER_LIVE_SESSIONS", "wait": s}`."""
         async with self._admitting:
             if key in self._used:
                 self._used[key] = time.time()
                 return None
+            if holder and user_cap:
+                if not await self._make_room(lambda k: self._holder.get(k) == holder,
+                                             user_cap):
+                    return {"limit": "LLMCAM_USER_LIVE_SESSIONS", "wait": RETRY_AFTER_S}
             if len(self._used) >= self._cap:
                 await self._prune()
-            tried: set[str] = set()
-            while len(self._used) >= self._cap:
-                candidates = [k for k in self._used if k not in tried]
-                if not candidates:
-                    record("sheds")
-                    return RETRY_AFTER_S
-                victim = min(candidates, key=self._used.__getitem__)
-                tried.add(victim)
-                if await self._passivate(victim):
-                    self._used.pop(victim, None)
+            if not await self._make_room(lambda k: True, self._cap):
+                record("sheds")
+                return {"limit": None, "wait": RETRY_AFTER_S}
             self._used[key] = time.time()
+            if holder:
+                self._holder[key] = holder
             record("live", len(self._used))
             return None
+
+    async def _make_room(self, among: Any, cap: int) -> bool:
+        """Passivate the least recently used idle sessions `among` selects until fewer than
+        `cap` of them are live; False when every one of them is busy."""
+        tried: set[str] = set()
+        while True:
+            mine = [k for k in self._used if among(k)]
+            if len(mine) < cap:
+                return True
+            candidates = [k for k in mine if k not in tried]
+            if not candidates:
+                return False
+            victim = min(candidates, key=self._used.__getitem__)
+            tried.add(victim)
+            if await self._passivate(victim):
+                self._used.pop(victim, None)
+                self._holder.pop(victim, None)
+
+    # listeners: open /events and GET /turn streams, per account ---------------------------------
+    async def listen(self, lease: str, account: str, cap: int) -> bool:
+        """Take a listener's place for `account` (False: it holds `cap` already)."""
+        now = time.time()
+        self._leases = {k: v for k, v in self._leases.items() if v[1] > now}
+        held = sum(1 for holder, _ in self._leases.values() if holder == account)
+        if held >= cap:
+            return False
+        self._leases[lease] = (account, now + LEASE_S)
+        return True
+
+    async def unlisten(self, lease: str) -> None:
+        self._leases.pop(lease, None)
+
+    async def renew(self, leases: dict[str, str]) -> None:
+        """A gateway's open listeners are still open (also after this actor restarted)."""
+        expires = time.time() + LEASE_S
+        for lease, account in leases.items():
+            self._leases[lease] = (account, expires)
 
     async def _passivate(self, key: str) -> bool:
         """Ask one live session to go; True when it went (or was gone already)."""
@@ -123,11 +185,15 @@ class LiveSessions:
 LiveSessionsRemote = ray.remote(LiveSessions)
 
 
-def registry(cap: int) -> Any:
-    """The cluster's registry, created by the first gateway that asks (race-free by name)."""
+def registry(cap: int, scheduling: Any = None) -> Any:
+    """The cluster's registry, created by the first gateway that asks (race-free by name);
+    placed like the session actors (with SQLite, where the file is: it sweeps the store)."""
+    options: dict[str, Any] = {}
+    if scheduling is not None and scheduling != "SPREAD":
+        options["scheduling_strategy"] = scheduling
     return LiveSessionsRemote.options(
         name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-        num_cpus=0, max_restarts=-1, max_task_retries=0).remote(cap)
+        num_cpus=0, max_restarts=-1, max_task_retries=0, **options).remote(cap)
 
 
 def registry_handle() -> Any | None:

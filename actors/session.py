@@ -90,7 +90,8 @@ class SessionActor:
         self._turn_ids: list[str | None] = [m.turn_id for m in stored]
         settings = self._settings
         self._files = SessionFiles(journal, settings.max_files, settings.max_session_bytes)
-        self._events = EventHub(journal, settings.max_listeners, settings.max_replay)
+        self._events = EventHub(journal, settings.max_listeners, settings.max_replay,
+                                settings.max_events)
         self._streams = SessionStreams(journal, settings, self._events, self.history,
                                        self._sid)
         for name, spec in self._store.services(self._key).items():
@@ -125,9 +126,9 @@ class SessionActor:
     def history(self) -> list[dict[str, Any]]:
         return list(self._history)
 
-    def context(self) -> ToolContext:
+    def context(self, account: str | None = None) -> ToolContext:
         return ToolContext(self._sid, self._settings, self._web, self._files,
-                           self._llm, self._toolbox, self._streams)
+                           self._llm, self._toolbox, self._streams, account=account)
 
     async def _persist_service(self, name: str, spec: dict[str, Any] | None) -> None:
         if spec is None:
@@ -250,7 +251,8 @@ class SessionActor:
             await self._fresh()
             return {"session_id": self._sid, "created_at": self._created_at,
                     "message_count": len(self._history),
-                    "notifications": await self._streams.listing()}
+                    "notifications": await self._streams.listing(),
+                    "usage": await self._journal.usage()}
 
     async def messages(self) -> list[dict[str, Any]]:
         with self._active():
@@ -263,13 +265,15 @@ class SessionActor:
             return self._toolbox.schemas()
 
     # turns ---------------------------------------------------------------------------------------
-    async def chat(self, turn_id: str, content: str) -> AsyncIterator[dict[str, Any]]:
+    async def chat(self, turn_id: str, content: str,
+                   account: str | None = None) -> AsyncIterator[dict[str, Any]]:
         """One turn, streamed. A retried turn_id is never recorded twice. The turn runs in a
-        task of its own: a reader that goes away (or a second reader) changes nothing."""
+        task of its own: a reader that goes away (or a second reader) changes nothing. Its
+        model calls are paid by `account` (the caller: a user, or a client address)."""
         with self._active():
             await self._lock.acquire()
             try:
-                turn = await self._begin(turn_id, content)
+                turn = await self._begin(turn_id, content, account)
             except BaseException:
                 self._lock.release()
                 raise
@@ -279,15 +283,16 @@ class SessionActor:
                     raise Passivating(self._key)
                 yield item
 
-    async def _begin(self, turn_id: str, content: str) -> TurnLog:
+    async def _begin(self, turn_id: str, content: str, account: str | None) -> TurnLog:
         """Record the user's message (once) and start the turn; the caller holds the lock,
         which the turn's task releases when it ends."""
         user = {"role": "user", "content": content}
         try:
-            fresh = await self._journal.begin_turn(turn_id, user)
+            fresh = await self._journal.begin_turn(turn_id, user, account)
         except Fenced:
             self._superseded()
         turn = TurnLog(turn_id)
+        turn.account = account
         if fresh:
             self._history.append(user)
             self._turn_ids.append(turn_id)
@@ -318,12 +323,16 @@ class SessionActor:
         started, outcome, streaming = time.monotonic(), "error", False
         try:
             async for item in run_turn(self._llm, self._settings.model, messages,
-                                       self._toolbox.tools, self.context(),
+                                       self._toolbox.tools, self.context(turn.account),
                                        self._settings.max_rounds,
                                        max_tool_calls=self._settings.max_tool_calls,
-                                       schemas=self._schemas):
+                                       schemas=self._schemas,
+                                       max_context_tokens=self._settings.max_context_tokens):
                 if item["event"] == "messages":  # journaled before the turn goes on
                     await journal(item["data"]["messages"])
+                    continue
+                if item["event"] == "usage":  # what this model call cost, and whom
+                    await self._add_usage(turn.account, item["data"])
                     continue
                 if item["event"] == "token":
                     if not streaming:
@@ -357,6 +366,13 @@ class SessionActor:
                 self._turn = None
             self._last_used = time.monotonic()
             self._lock.release()
+
+    async def _add_usage(self, account: str | None, usage: dict[str, Any]) -> None:
+        try:
+            await self._journal.add_tokens(account, int(usage.get("prompt_tokens") or 0),
+                                           int(usage.get("completion_tokens") or 0))
+        except Exception:  # the store is down: the turn goes on, its cost goes uncounted
+            log.warning("token counts not recorded")
 
     async def _record(self, turn_id: str | None, bodies: list[dict[str, Any]]) -> None:
         await self._journal.append(turn_id, bodies)
@@ -482,6 +498,20 @@ class SessionActor:
     async def stream_stopped(self, noti_id: str, status: str) -> None:
         with self._active():
             await self._streams.stopped(noti_id, status)
+
+    async def stream_usage(self, account: str | None, usage: dict[str, Any]) -> None:
+        """A child stream's model call: its tokens count for this session and its account."""
+        with self._active():
+            await self._add_usage(account, usage)
+
+    async def budget_left(self, account: str | None) -> bool:
+        """Whether a stream of `account` may run a round today (LLMCAM_TOKEN_BUDGET)."""
+        with self._active():
+            budget = self._settings.token_budget
+            if budget <= 0 or not account:
+                return True
+            used = await self._journal.usage_today(account)
+            return used["tokens_today"] < budget
 
     async def events(self, after: int) -> AsyncIterator[dict[str, Any]]:
         """For one /events client: first `{"ready": True}` (or the refusal, before any

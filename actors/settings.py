@@ -7,11 +7,22 @@ cluster an actor runs in its node's environment, not the gateway's: nothing else
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 BUILTIN_TOOL_MODULES = ("actors.tools.camera", "actors.tools.vision", "actors.tools.files")
+CONFIRM_TOOLS = ("add_api_tools", "add_function_tools", "start_notification_stream",
+                 "execute_bash_command")
+# The per-user limits as API.md names them: setting -> variable (what /api/me and a 429 show).
+LIMITS = {
+    "rate_sessions": "LLMCAM_RATE_SESSIONS", "rate_turns": "LLMCAM_RATE_TURNS",
+    "user_live_sessions": "LLMCAM_USER_LIVE_SESSIONS", "user_listeners": "LLMCAM_USER_LISTENERS",
+    "user_streams": "LLMCAM_USER_STREAMS", "min_stream_interval": "LLMCAM_MIN_STREAM_INTERVAL",
+    "stream_hours": "LLMCAM_STREAM_HOURS", "token_budget": "LLMCAM_TOKEN_BUDGET",
+    "max_context_tokens": "LLMCAM_MAX_CONTEXT_TOKENS",
+    "session_ttl_seconds": "LLMCAM_SESSION_TTL_SECONDS", "max_events": "LLMCAM_MAX_EVENTS",
+}
 
 
 def _csv(value: object) -> list[str]:
@@ -57,11 +68,36 @@ class Settings(BaseModel):
     max_listeners: int = 8  # open /events streams per session
     max_replay: int = 1000  # stored events one /events connection replays at most
     max_spec_bytes: int = 2 * 1024 * 1024  # an OpenAPI document, fetched or expanded
+    # who is calling (gateway/identity.py); None: unset, which behaves as "none" but makes
+    # `llmcam serve` refuse a non-loopback address
+    auth: Literal["none", "proxy", "oidc"] | None = None
+    auth_header: str = "X-Forwarded-User"
+    trusted_proxies: list[str] = ["127.0.0.1/32", "::1/128"]
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    # per-user limits, counted across the cluster (API.md "Users, limits and costs")
+    rate_sessions: int = 30  # sessions created per minute
+    rate_turns: int = 30  # chat turns started per minute
+    user_live_sessions: int = 8
+    user_listeners: int = 16  # open /events and GET /turn streams
+    user_streams: int = 10  # running notification streams
+    min_stream_interval: float = 10.0
+    stream_hours: float = 24.0
+    token_budget: int = 0  # tokens per user and UTC day; 0: none
+    max_context_tokens: int = 32000
+    session_ttl_seconds: float = 2592000.0
+    max_events: int = 10000
+    # confirming a tool call
+    confirm_tools: list[str] = list(CONFIRM_TOOLS)
+    confirm_seconds: float = 120.0
     # Not in the contract: tuning knobs with safe defaults.
     max_rounds: int = 10
     spare_sessions: int = 16  # session actors kept started ahead of new users
 
-    @field_validator("allow_hosts", "tool_modules", mode="before")
+    @field_validator("allow_hosts", "tool_modules", "trusted_proxies", "confirm_tools",
+                     mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> list[str]:
         return _csv(value)
@@ -76,6 +112,15 @@ class Settings(BaseModel):
     def _absolute(cls, value: Path) -> Path:
         # Actors may run with another working directory: hand them an absolute path.
         return value.expanduser().resolve()
+
+    @field_validator("auth", mode="before")
+    @classmethod
+    def _auth_mode(cls, value: object) -> object:
+        return value.strip().lower() or None if isinstance(value, str) else value
+
+    def limits(self) -> dict[str, float]:
+        """Each per-user limit under its variable's name (what /api/me shows)."""
+        return {variable: getattr(self, name) for name, variable in LIMITS.items()}
 
     @property
     def db_url(self) -> str:
@@ -105,5 +150,7 @@ def from_env(**overrides: Any) -> Settings:
         allow_hosts: Annotated[list[str], NoDecode] = []
         tool_modules: Annotated[list[str], NoDecode] = list(BUILTIN_TOOL_MODULES)
         trusted_hosts: Annotated[list[str] | None, NoDecode] = None
+        trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.1/32", "::1/128"]
+        confirm_tools: Annotated[list[str], NoDecode] = list(CONFIRM_TOOLS)
 
     return Settings(**EnvSettings(**overrides).model_dump())

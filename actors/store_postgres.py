@@ -44,6 +44,7 @@ class PostgresStore(Store):
     LOCK = " FOR UPDATE"  # a fenced write locks the session's row: writers of one session queue
     BLOB = "BYTEA"
     REAL = "DOUBLE PRECISION"
+    ACCOUNT_LOCK = "SELECT pg_advisory_xact_lock(hashtext(?))"
 
     def __init__(self, url: str, *, max_size: int = 2, migrate: bool = True) -> None:
         self.url = url
@@ -74,6 +75,12 @@ class PostgresStore(Store):
                 return conn.execute(_pg(sql), args).fetchall()
         except (PoolTimeout, psycopg.OperationalError) as exc:
             raise StoreError(f"the PostgreSQL store is unreachable: {_reason(exc)}") from exc
+
+    def _columns(self, tx: Tx, table: str) -> set[str]:
+        rows = tx.execute("SELECT column_name FROM information_schema.columns "
+                          "WHERE table_schema = current_schema() AND table_name=?",
+                          (table,)).fetchall()
+        return {row[0] for row in rows}
 
     def close(self) -> None:
         self._pool.close()

@@ -49,6 +49,9 @@ class SQLiteStore(Store):
         with self._lock:
             return self._conn.execute(sql, args).fetchall()
 
+    def _columns(self, tx: Tx, table: str) -> set[str]:
+        return {row[1] for row in tx.execute(f"PRAGMA table_info({table})").fetchall()}
+
     def close(self) -> None:
         with self._lock:
             self._conn.close()

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ import ray
 
 from actors.events import EventHub
 from actors.journal import SessionJournal
+from actors.metrics import record
 from actors.settings import Settings
 from actors.store import Fenced
 
@@ -67,12 +69,13 @@ def _argument(arguments: Any, name: str) -> Any:
     return parsed.get(name) if isinstance(parsed, dict) else None
 
 
-def stream_interval(requested: float | None, default: float) -> float:
-    """Seconds between rounds: the request, else the server's default; at least 1."""
+def stream_interval(requested: float | None, default: float, minimum: float = 1.0) -> float:
+    """Seconds between rounds: the request, else the server's default; at least `minimum`
+    (LLMCAM_MIN_STREAM_INTERVAL) and 1."""
     value = default if requested is None else float(requested)
     if not math.isfinite(value):
         value = default
-    return max(1.0, value)
+    return max(1.0, minimum, value)
 
 
 class SessionStreams:
@@ -109,6 +112,9 @@ class SessionStreams:
                 return
             for noti_id, row in (await self._rows()).items():
                 if row["status"] == "running" and noti_id not in self._children:
+                    if time.time() >= float(row["spec"].get("expires_at") or math.inf):
+                        await self._journal.set_stream_status(noti_id, "expired")
+                        continue
                     log.info("resuming notification stream %s", noti_id)
                     self._spawn(noti_id, row["spec"])
 
@@ -126,8 +132,7 @@ class SessionStreams:
     async def _watch(self, noti_id: str, child: Any, done: Any) -> None:
         """A child that ends on its own stopped itself; one that dies is reported failed."""
         try:
-            await done
-            status = "stopped"
+            status = "expired" if await done == "expired" else "stopped"
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -137,7 +142,11 @@ class SessionStreams:
             if self._children.get(noti_id) is child:
                 await self._finish(noti_id, status)
 
-    async def start(self, task: str, interval_seconds: float | None) -> str:
+    async def start(self, task: str, interval_seconds: float | None,
+                    account: str | None = None) -> str:
+        """A new stream, paid by `account`; refused over this session's or the account's
+        number of running streams (LLMCAM_USER_STREAMS, counted over all its sessions)."""
+        settings = self._settings
         async with self._life:
             if self._closed:
                 return "Refused: this session is being deleted."
@@ -145,11 +154,18 @@ class SessionStreams:
             if len(running) >= MAX_RUNNING:
                 return (f"Refused: this session already runs {MAX_RUNNING} notification "
                         "streams, the most allowed. Stop one with stop_notification first.")
-            interval = stream_interval(interval_seconds, self._settings.notify_interval)
+            interval = stream_interval(interval_seconds, settings.notify_interval,
+                                       settings.min_stream_interval)
             noti_id = str(uuid.uuid4())
-            spec = {"task": task, "interval": interval,
+            spec = {"task": task, "interval": interval, "account": account,
+                    "expires_at": time.time() + settings.stream_hours * 3600,
                     "context": stream_context(self._history(), noti_id, task)}
-            await self._journal.put_stream(noti_id, spec, "running")
+            if not await self._journal.put_stream(noti_id, spec, "running", account,
+                                                  settings.user_streams):
+                record("limited", limit="LLMCAM_USER_STREAMS")
+                return (f"Refused: the user already runs {settings.user_streams} notification "
+                        "streams, the most allowed (LLMCAM_USER_STREAMS). Stop one with "
+                        "stop_notification first.")
             self._spawn(noti_id, spec)
         return f"Notification stream started with ID {noti_id}"
 
@@ -179,8 +195,8 @@ class SessionStreams:
         """A child reports that it ended (kept for children that call back)."""
         async with self._life:
             if noti_id in self._children:
-                await self._finish(noti_id, status if status in ("stopped", "failed")
-                                   else "stopped")
+                await self._finish(noti_id, status if status in ("stopped", "failed",
+                                                                 "expired") else "stopped")
 
     async def _finish(self, noti_id: str, status: str) -> None:
         """End one stream (the caller holds `_life`): no more events, no more model calls,

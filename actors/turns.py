@@ -22,6 +22,7 @@ class TurnLog:
         self.task: asyncio.Task[None] | None = None
         self.pending: asyncio.Future[None] | None = None  # the journal write in progress
         self.partial: list[str] = []  # text streamed since the last journaled message
+        self.account: str | None = None  # who pays for its model calls
         self._wake = asyncio.Event()
         self._taken = 0  # events that some reader has taken: those never change
 

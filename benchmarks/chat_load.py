@@ -585,6 +585,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds each of the burst and the turns may take at most")
     parser.add_argument("--startup-timeout", type=float, default=180)
     parser.add_argument("--keep-temp", action="store_true", help="keep logs and data")
+    parser.add_argument("--gateway-env", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the gateway (e.g. the per-user limits)")
+    parser.add_argument("--marker", default=MARKER,
+                        help="the RESULTS.md section to write (another keeps both runs)")
     args = parser.parse_args(argv)
     args.shape_list = parse_shapes(args.shapes, {1: args.turns_1, 10: args.turns_10,
                                                  0: args.turns})
@@ -613,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
                       "RAY_TMPDIR": str(tmp / "rt"),  # its Ray's files go with the temp dir
                       "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "LLMCAM_DETECTOR_GPUS": "0"}
             gw_env.pop("RAY_ADDRESS", None)
+            gw_env.update(item.split("=", 1) for item in args.gateway_env)
             argv_gw = [str(ROOT / ".venv" / "bin" / "llmcam"), "serve"]
             if args.llmcam_root:
                 gw_env["PYTHONPATH"] = str(args.llmcam_root.resolve())
@@ -629,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(s.first_reply_s for s in ours.shapes):
             print(f"llmcam answered nothing: {args.out} left as it was", file=sys.stderr)
             return 1
-        write_results(args.out, MARKER, section)
+        write_results(args.out, args.marker, section)
         print(f"written to {args.out}")
         return 1 if ours.errors.counts or (base and base.errors.counts) else 0
     finally:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import ray
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from actors.metrics import record
@@ -17,9 +17,12 @@ from actors.settings import Settings, from_env
 from actors.store import Store, open_store
 from gateway import errors, placement, security
 from gateway.access_log import AccessLog
+from gateway.identity import Identity, get_caller
 from gateway.limits import BodyLimit
+from gateway.listeners import Listeners
+from gateway.quota import Quota
 from gateway.ray_conn import connect
-from gateway.routes import chat, events, files, health, page, sessions, turn
+from gateway.routes import chat, events, files, health, me, page, sessions, turn
 from gateway.routes.page import STATIC
 from gateway.sessions import SessionClient
 
@@ -35,6 +38,8 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
         started = await asyncio.to_thread(connect, settings, include_dashboard=include_dashboard)
         store = await asyncio.to_thread(open_store, settings.db_url)
         app.state.sessions = await asyncio.to_thread(session_client, settings, store)
+        app.state.quota = Quota(settings, store)
+        app.state.listeners = Listeners(app.state.sessions.registry, settings.user_listeners)
         app.state.sessions.spares.start()
         counting = asyncio.create_task(_count_stored(store))
         detector = None
@@ -49,6 +54,7 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
             if detector is not None:  # first: nothing may call Serve once Ray is gone
                 await detector.stop()
             counting.cancel()
+            app.state.listeners.close()
             await app.state.sessions.spares.close()
             store.close()
             if started:
@@ -57,7 +63,11 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
     app = FastAPI(title="llmcam", version="0.1.0", lifespan=lifespan,
                   description="A multi-user camera chatbot: one Ray actor per browser session.")
     app.state.settings = settings
-    for module in (sessions, chat, turn, events, files, health, page):
+    app.state.identity = Identity(settings)
+    # every /api request has a caller (401 without a user where users sign in)
+    for module in (me, sessions, chat, turn, events, files):
+        app.include_router(module.router, dependencies=[Depends(get_caller)])
+    for module in (health, page):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     app.add_middleware(BodyLimit)
@@ -71,9 +81,10 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
 def session_client(settings: Settings, store: Store) -> SessionClient:
     """The session client with the cluster's registry (its cap set) and the placement."""
     cap = placement.live_cap(settings)
-    live = registry(cap)
-    ray.get(live.configure.remote(cap))
-    return SessionClient(settings, store, live, placement.scheduling(settings))
+    scheduling = placement.scheduling(settings)
+    live = registry(cap, scheduling)
+    ray.get(live.configure.remote(cap, settings))  # also (re)starts the retention sweep
+    return SessionClient(settings, store, live, scheduling)
 
 
 async def _count_stored(store: Store) -> None:

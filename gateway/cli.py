@@ -42,6 +42,13 @@ def main(argv: list[str] | None = None) -> None:
     from actors.settings import from_env
 
     settings = from_env(**({"ray_address": args.ray_address} if args.ray_address else {}))
+    from gateway.security import is_loopback
+
+    if settings.auth is None and not is_loopback(args.host):
+        # A chat server others can reach must say who may use it (and what each may cost).
+        sys.stderr.write(f"llmcam: refusing to listen on {args.host} while LLMCAM_AUTH is "
+                         "unset: set LLMCAM_AUTH=oidc or proxy (or none, to let anyone in)\n")
+        raise SystemExit(2)
     if not settings.ray_address:
         # Ray reads this when imported: an embedded Ray then binds and advertises 127.0.0.1
         # only, so a laptop's chat server exposes nothing to its network.

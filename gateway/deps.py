@@ -1,4 +1,5 @@
-"""Dependencies shared by the routes."""
+"""Dependencies shared by the routes: the caller (gateway/identity.py), the session client
+bound to that caller, the per-user limits and the listener places."""
 
 from __future__ import annotations
 
@@ -6,11 +7,30 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from gateway.sessions import SessionClient
+from gateway.identity import Caller, CallerDep, get_caller
+from gateway.listeners import Listeners
+from gateway.quota import Quota
+from gateway.sessions import ForCaller, SessionClient
 
 
-def get_sessions(request: Request) -> SessionClient:
+def get_client(request: Request) -> SessionClient:
     return request.app.state.sessions
 
 
-SessionsDep = Annotated[SessionClient, Depends(get_sessions)]
+def get_sessions(request: Request, caller: Annotated[Caller, Depends(get_caller)]) -> ForCaller:
+    return ForCaller(request.app.state.sessions, caller)
+
+
+def get_quota(request: Request) -> Quota:
+    return request.app.state.quota
+
+
+def get_listeners(request: Request) -> Listeners:
+    return request.app.state.listeners
+
+
+SessionsDep = Annotated[ForCaller, Depends(get_sessions)]
+QuotaDep = Annotated[Quota, Depends(get_quota)]
+ListenersDep = Annotated[Listeners, Depends(get_listeners)]
+
+__all__ = ["CallerDep", "ListenersDep", "QuotaDep", "SessionsDep", "get_caller", "get_client"]

@@ -17,6 +17,8 @@ from actors.errors import NotFound, Passivating, SessionGone
 from actors.events import TooManyListeners
 from actors.session_files import FilesFull
 from actors.store import StoreError
+from gateway.identity import SignInNeeded
+from gateway.quota import LimitExceeded
 from gateway.sessions import SessionsFull
 
 UNKNOWN = "unknown session"
@@ -36,6 +38,18 @@ def install(app: FastAPI) -> None:
     async def full(_: Request, exc: SessionsFull) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503,
                             headers={"Retry-After": str(math.ceil(exc.retry_after))})
+
+    @app.exception_handler(LimitExceeded)
+    async def limited(_: Request, exc: LimitExceeded) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "limit": exc.limit}, status_code=429,
+                            headers={"Retry-After": str(math.ceil(exc.retry_after))})
+
+    @app.exception_handler(SignInNeeded)
+    async def sign_in(_: Request, exc: SignInNeeded) -> JSONResponse:
+        body = {"detail": str(exc)}
+        if exc.login:
+            body["login"] = exc.login
+        return JSONResponse(body, status_code=401)
 
     @app.exception_handler(TooManyListeners)
     async def listeners(_: Request, exc: TooManyListeners) -> JSONResponse:

@@ -13,9 +13,14 @@ class NewSession(BaseModel):
 
 class Stream(BaseModel):
     noti_id: str
-    status: Literal["running", "stopped", "failed"]
+    status: Literal["running", "stopped", "failed", "expired"]
     started_at: float
     sent: int
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
 
 
 class SessionInfo(BaseModel):
@@ -23,6 +28,27 @@ class SessionInfo(BaseModel):
     created_at: float
     message_count: int
     notifications: list[Stream]
+    usage: Usage
+
+
+class SessionListed(BaseModel):
+    session_id: str
+    created_at: float
+    last_active: float
+    title: str
+    message_count: int
+
+
+class DayUsage(BaseModel):
+    tokens_today: int
+    turns_today: int
+
+
+class Me(BaseModel):
+    user: str | None
+    auth: Literal["none", "proxy", "oidc"]
+    usage: DayUsage
+    limits: dict[str, float]
 
 
 class Message(BaseModel):

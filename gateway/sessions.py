@@ -4,9 +4,11 @@ It owns ID -> handle (a cache of handles, never of session state), activation (f
 name, a spare handed over, or started: get-or-create by name, race-free), admission under the
 cluster's cap (the registry may passivate the least recently used idle session to make room,
 or answer that every live one is busy: `SessionsFull`, a 503 with Retry-After), the 404 for an
-unknown session, and the retry when an actor died or is passivating, for plain calls and
-streamed ones alike. Errors leave here as the types in actors/errors.py and `SessionsFull`;
-gateway/errors.py maps each to its HTTP status once.
+unknown session (also for a session that belongs to another user: the row names its owner),
+and the retry when an actor died or is passivating, for plain calls and streamed ones alike.
+Errors leave here as the types in actors/errors.py, `SessionsFull` and `LimitExceeded`;
+gateway/errors.py maps each to its HTTP status once. Every method takes the `Caller`
+(gateway/identity.py); `ForCaller` binds one, for the routes.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from actors.names import NAMESPACE, actor_name, session_key
 from actors.session import SessionActorRemote, session_options
 from actors.settings import Settings
 from actors.store import Store
+from gateway.identity import Caller
+from gateway.quota import LimitExceeded
 
 T = TypeVar("T")
 CACHE_SIZE = 10_000
@@ -61,6 +65,7 @@ class SessionClient:
         self.registry = registry
         self.scheduling = scheduling
         self._handles: OrderedDict[str, ActorHandle] = OrderedDict()
+        self._owners: dict[str, str | None] = {}  # key -> owner, beside each cached handle
         self._activating: dict[str, asyncio.Lock] = {}
         self._turn_slots: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary())
@@ -70,19 +75,20 @@ class SessionClient:
         self._starting = asyncio.Semaphore(STARTING)
 
     # creating ------------------------------------------------------------------------------------
-    async def create(self) -> str:
-        """A new session: a row in the store. A spare actor is handed over when one is ready
-        and there is room; otherwise the first request activates it."""
+    async def create(self, caller: Caller) -> str:
+        """A new session of the caller's: a row in the store. A spare actor is handed over
+        when one is ready and there is room; otherwise the first request activates it."""
         spare = self.spares.take()
         session_id = spare[0] if spare else new_session_id()
         key = session_key(session_id)
-        await asyncio.to_thread(self.store.create_session, key)
+        await asyncio.to_thread(self.store.create_session, key, caller.user, session_id)
         if spare:
             handed = False
             try:
-                if await self.registry.admit.remote(key) is None:
+                if await self.registry.admit.remote(
+                        key, caller.account, self.settings.user_live_sessions) is None:
                     await spare[1].start.remote()
-                    self._remember(key, spare[1])
+                    self._remember(key, spare[1], caller.user)
                     record("activations", kind="warm")
                     handed = True
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
@@ -92,11 +98,12 @@ class SessionClient:
         return session_id
 
     # activating ----------------------------------------------------------------------------------
-    async def handle(self, session_id: str) -> ActorHandle:
-        """The session's live actor, activated if need be."""
+    async def handle(self, session_id: str, caller: Caller) -> ActorHandle:
+        """The session's live actor, activated if need be; another user's session is unknown."""
         key = session_key(session_id)
         cached = self._handles.get(key)
         if cached is not None:
+            _check_owner(key, self._owners.get(key), caller)
             self._handles.move_to_end(key)
             return cached
         # Requests that arrive while the session is being activated wait for that activation
@@ -106,25 +113,34 @@ class SessionClient:
             async with lock:
                 cached = self._handles.get(key)
                 if cached is not None:
+                    _check_owner(key, self._owners.get(key), caller)
                     return cached
-                if await asyncio.to_thread(self.store.session_created_at, key) is None:
+                row = await asyncio.to_thread(self.store.session_row, key)
+                if row is None:
                     raise SessionGone(key)
+                _check_owner(key, row.owner, caller)
                 try:  # live already (another gateway's, or one this gateway forgot)
                     handle = await asyncio.to_thread(ray.get_actor, actor_name(session_id),
                                                      namespace=NAMESPACE)
                     record("activations", kind="warm")
                 except ValueError:
-                    handle = await self._activate(session_id, key)
-                self._remember(key, handle)
+                    handle = await self._activate(session_id, key, caller)
+                self._remember(key, handle, row.owner)
                 return handle
         finally:
             if self._activating.get(key) is lock and not lock.locked():
                 del self._activating[key]
 
-    async def _activate(self, session_id: str, key: str) -> ActorHandle:
-        wait = await self.registry.admit.remote(key)
-        if wait is not None:
-            raise SessionsFull(wait)
+    async def _activate(self, session_id: str, key: str, caller: Caller) -> ActorHandle:
+        refused = await self.registry.admit.remote(key, caller.account,
+                                                   self.settings.user_live_sessions)
+        if refused is not None and refused["limit"]:
+            raise LimitExceeded(refused["limit"], "all of your live sessions are busy (at most "
+                                f"{self.settings.user_live_sessions}, LLMCAM_USER_LIVE_SESSIONS)"
+                                "; finish a turn or close a stream, then try again",
+                                refused["wait"])
+        if refused is not None:
+            raise SessionsFull(refused["wait"])
         async with self._starting:  # a burst starts processes a few at a time, not all at once
             handle = await asyncio.to_thread(
                 lambda: SessionActorRemote.options(
@@ -134,10 +150,12 @@ class SessionClient:
         record("activations", kind="cold")
         return handle
 
-    def _remember(self, key: str, handle: ActorHandle) -> None:
+    def _remember(self, key: str, handle: ActorHandle, owner: str | None) -> None:
         self._handles[key] = handle
+        self._owners[key] = owner
         while len(self._handles) > CACHE_SIZE:
-            self._handles.popitem(last=False)
+            old, _ = self._handles.popitem(last=False)
+            self._owners.pop(old, None)
 
     def turn_slot(self, session_id: str) -> asyncio.Lock:
         """Held from a turn's submission until its actor has recorded it: this gateway hands a
@@ -151,29 +169,32 @@ class SessionClient:
         return slot
 
     def forget(self, session_id: str) -> None:
-        self._handles.pop(session_key(session_id), None)
+        key = session_key(session_id)
+        self._handles.pop(key, None)
+        self._owners.pop(key, None)
 
     # calling -------------------------------------------------------------------------------------
-    async def call(self, session_id: str, fn: Callable[[ActorHandle], Awaitable[T]]) -> T:
+    async def call(self, session_id: str, fn: Callable[[ActorHandle], Awaitable[T]],
+                   caller: Caller) -> T:
         """Call the session's actor; one that died or is passivating is followed to the next
         activation and called again (the actor methods called this way are safe to repeat)."""
         retry = _Retry()
         while True:
             try:
-                return await fn(await self.handle(session_id))
+                return await fn(await self.handle(session_id, caller))
             except _MOVED as exc:
                 self.forget(session_id)
                 await retry.wait(exc)
 
-    async def stream(self, session_id: str,
-                     make: Callable[[ActorHandle], Any]) -> AsyncIterator[Any]:
+    async def stream(self, session_id: str, make: Callable[[ActorHandle], Any],
+                     caller: Caller) -> AsyncIterator[Any]:
         """Items of a streamed actor call, followed through actor deaths: `make` is called
         again on the next activation (it may resume where the last items left off). The
         actor's generator is cancelled when the reader goes away."""
         retry = _Retry()
         while True:
             try:
-                generator = make(await self.handle(session_id))
+                generator = make(await self.handle(session_id, caller))
                 finished = False
                 try:
                     async for ref in generator:
@@ -189,10 +210,12 @@ class SessionClient:
                 self.forget(session_id)
                 await retry.wait(exc)
 
-    async def delete(self, session_id: str) -> None:
+    async def delete(self, session_id: str, caller: Caller) -> None:
         key = session_key(session_id)
-        if await asyncio.to_thread(self.store.session_created_at, key) is None:
+        row = await asyncio.to_thread(self.store.session_row, key)
+        if row is None:
             raise SessionGone(key)
+        _check_owner(key, row.owner, caller)
         self.forget(session_id)
         try:
             handle = await asyncio.to_thread(ray.get_actor, actor_name(session_id),
@@ -211,6 +234,39 @@ class SessionClient:
                 return
         await asyncio.to_thread(self.store.delete_session, key)
         self.registry.gone.remote(key, "deleted")
+
+
+def _check_owner(key: str, owner: str | None, caller: Caller) -> None:
+    """A session that belongs to a user is that user's alone (others get the 404 of an unknown
+    session). One without an owner (made while nobody signed in) is reached by its ID."""
+    if owner is not None and owner != caller.user:
+        raise SessionGone(key)
+
+
+class ForCaller:
+    """The session client bound to one request's caller (what the routes use)."""
+
+    def __init__(self, client: SessionClient, caller: Caller) -> None:
+        self.client = client
+        self.caller = caller
+
+    async def create(self) -> str:
+        return await self.client.create(self.caller)
+
+    async def handle(self, session_id: str) -> ActorHandle:
+        return await self.client.handle(session_id, self.caller)
+
+    async def call(self, session_id: str, fn: Callable[[ActorHandle], Awaitable[T]]) -> T:
+        return await self.client.call(session_id, fn, self.caller)
+
+    def stream(self, session_id: str, make: Callable[[ActorHandle], Any]) -> AsyncIterator[Any]:
+        return self.client.stream(session_id, make, self.caller)
+
+    async def delete(self, session_id: str) -> None:
+        await self.client.delete(session_id, self.caller)
+
+    def turn_slot(self, session_id: str) -> asyncio.Lock:
+        return self.client.turn_slot(session_id)
 
 
 class _Retry:

@@ -82,6 +82,9 @@ def make_settings(tmp: Path, llm: OpenAIServer, **overrides: object) -> Settings
         "model": "test-model", "vision_model": "test-vision",
         "yolo_model": "yolov8n.yaml", "detector_gpus": 0, "notify_interval": 1,
         "tool_modules": [*BUILTIN_TOOL_MODULES, "tests.sample_tools"], "spare_sessions": 2,
+        # every test client is 127.0.0.1: per-user limits high, unless a test is about them
+        "rate_sessions": 100_000, "rate_turns": 100_000, "user_live_sessions": 10_000,
+        "user_listeners": 10_000, "user_streams": 10_000, "min_stream_interval": 1,
     }
     values.update(overrides)
     return Settings(**values)
@@ -150,7 +153,8 @@ class ServeProcess:
         env = {**os.environ, "RAY_ADDRESS": ray_address, "LLMCAM_DATA": str(settings.data),
                "OPENAI_BASE_URL": settings.openai_base_url or "", "OPENAI_API_KEY": "test-key",
                "LLMCAM_MODEL": settings.model, "LLMCAM_YOLO_MODEL": settings.yolo_model,
-               "LLMCAM_DETECTOR_GPUS": "0"}
+               "LLMCAM_DETECTOR_GPUS": "0", "LLMCAM_RATE_SESSIONS": "100000",
+               "LLMCAM_RATE_TURNS": "100000", "LLMCAM_USER_LIVE_SESSIONS": "10000"}
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)],

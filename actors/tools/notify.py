@@ -17,7 +17,7 @@ async def start_notification_stream(
 ) -> str:
     """Start a background notification stream that watches a camera or task and alerts the user."""
     assert ctx.streams is not None
-    return await ctx.streams.start(task, interval_seconds)
+    return await ctx.streams.start(task, interval_seconds, ctx.account)
 
 
 async def stop_notification(

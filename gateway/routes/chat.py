@@ -14,9 +14,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
-from gateway.deps import SessionsDep
+from gateway.deps import QuotaDep, SessionsDep
 from gateway.models import Message, PostMessage, Reply
-from gateway.sessions import SessionClient
+from gateway.sessions import ForCaller
 from gateway.sse import sse_event
 
 router = APIRouter(prefix="/api/sessions/{sid}/messages", tags=["chat"])
@@ -29,7 +29,7 @@ async def get_messages(sid: str, sessions: SessionsDep) -> Any:
     return await sessions.call(sid, lambda h: h.messages.remote())
 
 
-async def turn_events(sessions: SessionClient, sid: str,
+async def turn_events(sessions: ForCaller, sid: str,
                       content: str) -> AsyncIterator[dict[str, Any]]:
     """The turn's events from the session actor. If the actor dies mid-turn, the turn goes on
     in its next activation under the same turn ID, so the message is recorded once. Turns of
@@ -39,7 +39,9 @@ async def turn_events(sessions: SessionClient, sid: str,
     await slot.acquire()
     held = True
     try:
-        async for item in sessions.stream(sid, lambda h: h.chat.remote(turn_id, content)):
+        account = sessions.caller.account  # the turn's tokens count as the caller's
+        async for item in sessions.stream(
+                sid, lambda h: h.chat.remote(turn_id, content, account)):
             if item["event"] == "accepted":
                 if held:
                     slot.release()
@@ -51,11 +53,15 @@ async def turn_events(sessions: SessionClient, sid: str,
             slot.release()
 
 
-@router.post("", response_model=Reply, responses={502: {"description": "LLM backend failed"}})
+@router.post("", response_model=Reply, responses={
+    502: {"description": "LLM backend failed"},
+    429: {"description": "a per-user limit (turns per minute, token budget) refused it"}})
 async def post_message(sid: str, body: PostMessage, request: Request,
-                       sessions: SessionsDep) -> Any:
+                       sessions: SessionsDep, quota: QuotaDep) -> Any:
     """Run one turn. With `Accept: text/event-stream`, stream it as SSE events."""
     await sessions.handle(sid)  # 404 (or 503 when full) before any stream starts
+    await quota.check_budget(sessions.caller)  # 429s before anything is recorded
+    await quota.hit("turns", sessions.caller)
     events = turn_events(sessions, sid, body.content)
     if "text/event-stream" in request.headers.get("accept", ""):
         return EventSourceResponse(_sse(events), ping=15,

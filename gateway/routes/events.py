@@ -17,8 +17,9 @@ from fastapi import APIRouter, Header, HTTPException
 from sse_starlette import EventSourceResponse
 
 from actors.errors import SessionGone
-from gateway.deps import SessionsDep
-from gateway.sessions import SessionClient
+from gateway.deps import ListenersDep, SessionsDep
+from gateway.listeners import Listeners
+from gateway.sessions import ForCaller
 
 router = APIRouter(prefix="/api/sessions/{sid}/events", tags=["notifications"])
 PING_SECONDS = 10.0  # a comment line at least this often keeps proxies from closing the stream
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 @router.get("", responses={404: {"description": "unknown session"},
-                           429: {"description": "too many open /events streams"}})
-async def events(sid: str, sessions: SessionsDep,
+                           429: {"description": "too many open streams (the session's, or "
+                                                "the user's)"}})
+async def events(sid: str, sessions: SessionsDep, listeners: ListenersDep,
                  last_event_id: str | None = Header(default=None)) -> EventSourceResponse:
     """SSE of the session's notifications: `id: <n>`, `event: notification`, data
     `{"noti_id", "message", "at"}`. Every stored event after Last-Event-ID (all without it),
@@ -36,14 +38,21 @@ async def events(sid: str, sessions: SessionsDep,
         after = int((last_event_id or "0").strip() or 0)
     except ValueError as exc:
         raise HTTPException(422, "Last-Event-ID must be an event number") from exc
+    await sessions.handle(sid)  # 404 before a listener's place is taken
+    lease = await listeners.acquire(sessions.caller)  # 429 over LLMCAM_USER_LISTENERS
     items = _items(sessions, sid, max(after, 0))
-    await anext(items)  # the actor's `ready`: 404 or 429 now, before the stream starts
-    return EventSourceResponse(_sse(items), ping=PING_SECONDS,
+    try:
+        await anext(items)  # the actor's `ready`: 404 or 429 now, before the stream starts
+    except BaseException:
+        listeners.release(lease)
+        await items.aclose()
+        raise
+    return EventSourceResponse(_sse(items, listeners, lease), ping=PING_SECONDS,
                                headers={"Cache-Control": "no-store",
                                         "X-Accel-Buffering": "no"})
 
 
-async def _items(sessions: SessionClient, sid: str, after: int) -> AsyncIterator[dict[str, Any]]:
+async def _items(sessions: ForCaller, sid: str, after: int) -> AsyncIterator[dict[str, Any]]:
     last = after
 
     def make(handle: Any) -> Any:
@@ -55,7 +64,8 @@ async def _items(sessions: SessionClient, sid: str, after: int) -> AsyncIterator
         yield item
 
 
-async def _sse(items: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def _sse(items: AsyncIterator[dict[str, Any]], listeners: Listeners,
+               lease: str) -> AsyncIterator[dict[str, Any]]:
     try:
         async for item in items:
             if "id" not in item:
@@ -67,4 +77,5 @@ async def _sse(items: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, 
     except Exception as exc:
         log.warning("notification stream ended: %s", type(exc).__name__)
     finally:
+        listeners.release(lease)
         await items.aclose()  # a closed tab cancels the actor's generator now, not at GC

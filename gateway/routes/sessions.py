@@ -1,26 +1,39 @@
-"""Sessions: create, find again by cookie, read, delete."""
+"""Sessions: create, list (a signed-in user's), find again by cookie, read, delete."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Cookie, HTTPException, Response
+from fastapi import APIRouter, Cookie, HTTPException, Request, Response
 
 from actors.errors import NotFound
-from gateway.deps import SessionsDep
+from gateway.deps import CallerDep, QuotaDep, SessionsDep
 from gateway.errors import UNKNOWN
-from gateway.models import NewSession, SessionInfo, Stream
+from gateway.models import NewSession, SessionInfo, SessionListed, Stream
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"])
 COOKIE = "llmcam_session"
 
 
 @router.post("", status_code=201, response_model=NewSession)
-async def create_session(sessions: SessionsDep, response: Response) -> NewSession:
+async def create_session(sessions: SessionsDep, quota: QuotaDep,
+                         response: Response) -> NewSession:
     """Start a new session; its ID is also set as the `llmcam_session` cookie."""
+    await quota.hit("sessions", sessions.caller)
     session_id = await sessions.create()
     response.set_cookie(COOKIE, session_id, httponly=True, samesite="lax", path="/")
     return NewSession(session_id=session_id)
+
+
+@router.get("", response_model=list[SessionListed])
+async def list_sessions(caller: CallerDep, request: Request) -> Any:
+    """The signed-in user's sessions, the most recently active first (`[]` when nobody is
+    signed in: there is no user to list for)."""
+    if caller.user is None:
+        return []
+    store = request.app.state.sessions.store
+    return await asyncio.to_thread(store.sessions_of, caller.user)
 
 
 @router.get("/current", response_model=SessionInfo)

@@ -16,7 +16,8 @@ import ray
 from fastapi import APIRouter, HTTPException, Response
 from sse_starlette import EventSourceResponse
 
-from gateway.deps import SessionsDep
+from gateway.deps import ListenersDep, SessionsDep
+from gateway.listeners import Listeners
 from gateway.models import Problem
 from gateway.sse import sse_event
 
@@ -30,7 +31,7 @@ NO_TURN = "no turn is in flight"
                              "description": "the turn's events, from its start, then live"},
                        204: {"description": "no turn is in flight"},
                        404: {"model": Problem, "description": "unknown session"}})
-async def watch_turn(sid: str, sessions: SessionsDep) -> Response:
+async def watch_turn(sid: str, sessions: SessionsDep, listeners: ListenersDep) -> Response:
     """The turn in flight as SSE (`token`, `tool_call`, `tool_result`, then `done` or
     `error`), replayed from its start; 204 when no turn is in flight."""
 
@@ -42,10 +43,17 @@ async def watch_turn(sid: str, sessions: SessionsDep) -> Response:
             return generator, None
         return generator, await ref
 
-    generator, item = await sessions.call(sid, first)
+    await sessions.handle(sid)  # 404 before a listener's place is taken
+    lease = await listeners.acquire(sessions.caller)  # 429 over LLMCAM_USER_LISTENERS
+    try:
+        generator, item = await sessions.call(sid, first)
+    except BaseException:
+        listeners.release(lease)
+        raise
     if item is None:
+        listeners.release(lease)
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
-    return EventSourceResponse(_sse(generator, item), ping=15,
+    return EventSourceResponse(_sse(generator, item, listeners, lease), ping=15,
                                headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
@@ -59,7 +67,8 @@ async def stop_turn(sid: str, sessions: SessionsDep) -> Response:
     return Response(status_code=204)
 
 
-async def _sse(generator: Any, first: dict[str, Any]) -> AsyncIterator[dict[str, str]]:
+async def _sse(generator: Any, first: dict[str, Any], listeners: Listeners,
+               lease: str) -> AsyncIterator[dict[str, str]]:
     try:
         if (out := sse_event(first)) is not None:
             yield out
@@ -71,6 +80,7 @@ async def _sse(generator: Any, first: dict[str, Any]) -> AsyncIterator[dict[str,
         yield {"event": "error", "data": json.dumps({"detail": "the turn could not be "
                                                                "followed to its end"})}
     finally:
+        listeners.release(lease)
         _cancel(generator)  # a closed tab leaves no watcher behind in the actor
 
 
