@@ -2,7 +2,8 @@
 
 Each turn is an async generator of events (`token`, `tool_call`, `tool_result`, `done`,
 `error`); every message it adds comes out as a `messages` event before the next step relies
-on it.
+on it. After each model call's message comes an internal `usage` event (not sent to the page):
+{"prompt_tokens", "completion_tokens", "estimated"}.
 """
 
 from __future__ import annotations
@@ -10,16 +11,15 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
+from actors.context_window import Sizes, fit
 from actors.errors import LLMFailed
+from actors.llm import LLM, call_usage
 from actors.metrics import record
 from actors.schema import Tool, validation_message
-
-if TYPE_CHECKING:
-    from actors.llm import LLM
 
 Event = dict[str, Any]
 MAX_TOOL_RESULT = 20_000
@@ -70,13 +70,20 @@ class SchemaCache:
 
 async def _complete(llm: LLM, model: str, messages: list[dict[str, Any]],
                     tools: list[dict[str, Any]]) -> AsyncIterator[Event | dict[str, Any]]:
-    """Stream one completion: yields token events, then the assembled assistant message."""
+    """Stream one completion: yields token events, then the assembled assistant message, then
+    a `usage` event: the server's token counts, or where it reported none, about four
+    characters a token (prompt: the request's messages and tools; completion: the reply's text
+    and its tool calls' names and arguments). Both are recorded as `llmcam_llm_tokens`."""
     request: dict[str, Any] = {"model": model, "messages": messages}
     if tools:
         request["tools"] = tools
     content: list[str] = []
     calls: dict[int, dict[str, Any]] = {}
+    reported: dict[str, int] | None = None
     async for chunk in llm.stream(request):
+        if "usage" in chunk:
+            reported = chunk["usage"]
+            continue
         if chunk.get("content"):
             content.append(chunk["content"])
             yield event("token", text=chunk["content"])
@@ -90,12 +97,16 @@ async def _complete(llm: LLM, model: str, messages: list[dict[str, Any]],
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
     yield message
+    said = "".join([*content, *(c["function"]["name"] + c["function"]["arguments"]
+                                for c in calls.values())])
+    yield event("usage", **call_usage(reported, request, said))
 
 
 async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
                    tools: Callable[[], list[Tool]], ctx: Any,
                    max_rounds: int = 10, *, max_tool_calls: int = 8,
-                   schemas: SchemaCache | None = None) -> AsyncIterator[Event]:
+                   schemas: SchemaCache | None = None,
+                   max_context_tokens: int | None = None) -> AsyncIterator[Event]:
     """Continue the conversation in `history` (which ends with the user's message).
 
     One way: each message the turn adds is yielded as a `messages` event before anything
@@ -107,8 +118,14 @@ async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
     hundreds at once); the others get a refusal as their result, so every call is answered
     and the history stays a valid conversation. `schemas` (one per session) keeps the tool
     schemas from one round and turn to the next while the toolset is unchanged. Rounds, tool
-    calls and LLM failures are recorded as Ray metrics."""
+    calls, LLM failures and tokens are recorded as Ray metrics; each model call's tokens also
+    come out as a `usage` event after its message.
+
+    With `max_context_tokens` (None or 0: no limit) each call carries
+    `context_window.fit(history, max_context_tokens, schemas)`: the oldest turns are left out
+    of the request, `history` keeps everything."""
     schemas = schemas or SchemaCache()
+    sizes: Sizes = {}  # each message's estimate, once per turn (history only grows)
     rounds = 0
     try:
         for _ in range(max_rounds):
@@ -119,7 +136,10 @@ async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
                 current = list(toolset.values())
             message: dict[str, Any] = {}
             try:
-                async for item in _complete(llm, model, history, schemas(current)):
+                schema_list = schemas(current)
+                sent = (fit(history, max_context_tokens, schema_list, sizes=sizes)
+                        if max_context_tokens else history)
+                async for item in _complete(llm, model, sent, schema_list):
                     if "event" in item:
                         yield item
                     else:

@@ -8,6 +8,9 @@ gateways with other settings get their own.
 Each item that crosses Ray costs CPU on both sides, so the client sends deltas in chunks: the
 first at once (the page shows the first token promptly), then whatever arrived within
 `FLUSH_S`, and at once when a tool call starts (the text before it is not held back).
+
+Every streamed request asks for the server's token counts (`stream_options.include_usage`);
+they come last, as a chunk of their own: {"usage": {"prompt_tokens", "completion_tokens"}}.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import inspect
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import ray
 
+from actors.context_window import prompt_tokens, text_tokens
 from actors.errors import LLMFailed
+from actors.metrics import record
 from actors.names import NAMESPACE
 from actors.settings import Settings
 
@@ -48,14 +54,26 @@ def delta_of(payload: dict[str, Any]) -> Chunk:
     return out
 
 
+def usage_of(payload: Any) -> dict[str, int] | None:
+    """A server's `usage` object as {"prompt_tokens", "completion_tokens"}, or None."""
+    if not isinstance(payload, dict):
+        return None
+    try:
+        return {"prompt_tokens": int(payload.get("prompt_tokens") or 0),
+                "completion_tokens": int(payload.get("completion_tokens") or 0)}
+    except (TypeError, ValueError):
+        return None
+
+
 def merge(deltas: list[Chunk]) -> list[Chunk]:
     """Consecutive deltas as few chunks as read the same: text joined, the pieces of one tool
     call joined. A chunk holds text, then tool-call pieces; text that follows tool-call pieces
-    (or an error) starts the next chunk, so nothing changes order."""
+    (or an error, or usage) starts the next chunk, so nothing changes order. An error or a
+    usage chunk stays a chunk of its own."""
     out: list[Chunk] = []
     current: Chunk | None = None
     for delta in deltas:
-        if "error" in delta:
+        if "error" in delta or "usage" in delta:
             out.append(dict(delta))
             current = None
             continue
@@ -96,8 +114,13 @@ class LLMClient:
         """The completion's deltas, read as raw server-sent events. The request goes as
         `extra_body` and the chunks are read as JSON: the client's own request transform and
         chunk models walk the whole history and every delta with typing introspection, which
-        was most of this process's CPU (profile in benchmarks/RESULTS.md)."""
+        was most of this process's CPU (profile in benchmarks/RESULTS.md).
+
+        The server's token counts (its last chunk, with no choices) come after every delta as
+        {"usage"}; a server that reports none sends no such chunk."""
         body = {k: v for k, v in request.items() if k != "model"}
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        usage: dict[str, int] | None = None
         async with self._client.chat.completions.with_streaming_response.create(
                 model=request["model"], messages=[], stream=True, extra_body=body) as response:
             async for line in response.iter_lines():
@@ -112,12 +135,17 @@ class LLMClient:
                     message = error.get("message") if isinstance(error, dict) else None
                     yield {"error": f"the LLM backend failed: {message or error}"[:500]}
                     return
+                if isinstance(payload, dict) and payload.get("usage"):
+                    usage = usage_of(payload["usage"]) or usage  # the last one reported
                 delta = delta_of(payload)
                 if delta:
                     yield delta
+        if usage is not None:
+            yield {"usage": usage}
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[Chunk]:
-        """Chunks of one streamed completion: {"content"} / {"tool_calls"} / {"error"}."""
+        """Chunks of one streamed completion: {"content"} / {"tool_calls"} / {"error"}, and
+        last, where the server reported it, {"usage": {"prompt_tokens", "completion_tokens"}}."""
         pending: list[Chunk] = []
         arrived, flush = asyncio.Event(), asyncio.Event()
         ended = False
@@ -161,12 +189,15 @@ class LLMClient:
             reader.cancel()
 
     async def complete(self, request: dict[str, Any]) -> Chunk:
-        """One non-streamed completion's text, or {"error"}."""
+        """One non-streamed completion: {"content", "usage"} (usage: {"prompt_tokens",
+        "completion_tokens"}, or None where the server reported none), or {"error"}."""
         try:
             response = await self._client.chat.completions.create(**request)
         except self._errors as exc:
             return {"error": f"the LLM backend failed: {exc.message}"[:500]}
-        return {"content": response.choices[0].message.content or ""}
+        usage = response.usage
+        return {"content": response.choices[0].message.content or "",
+                "usage": usage_of(usage.model_dump()) if usage is not None else None}
 
 
 LLMClientRemote = ray.remote(LLMClient)
@@ -191,7 +222,8 @@ class LLM:
         ).remote(settings)
 
     async def stream(self, request: dict[str, Any]) -> AsyncIterator[Chunk]:
-        """Chunks of one completion. A client actor that died before its first chunk (its node
+        """Chunks of one completion ({"content"} / {"tool_calls"}, and last, where the server
+        reported it, {"usage"}). A client actor that died before its first chunk (its node
         was lost) is waited for while Ray restarts it elsewhere, then asked again."""
         deadline = time.monotonic() + RESTART_WAIT_S
         while True:
@@ -209,7 +241,12 @@ class LLM:
                     raise LLMFailed("the LLM client actor died; try again") from exc
                 await asyncio.sleep(0.5)
 
-    async def complete(self, request: dict[str, Any]) -> str:
+    async def complete(self, request: dict[str, Any], *,
+                       on_usage: Callable[[dict[str, Any]], Any] | None = None) -> str:
+        """One non-streamed completion's text. Its tokens are recorded as the
+        `llmcam_llm_tokens` metric and, given `on_usage`, handed to it (awaited if it returns
+        an awaitable) as {"prompt_tokens", "completion_tokens", "estimated"}: the server's
+        counts, or where it reported none, about four characters a token."""
         deadline = time.monotonic() + RESTART_WAIT_S
         while True:
             try:
@@ -221,4 +258,25 @@ class LLM:
                 await asyncio.sleep(0.5)
         if "error" in answer:
             raise LLMFailed(answer["error"])
+        usage = call_usage(answer.get("usage"), request, answer["content"])
+        if on_usage is not None:
+            result = on_usage(usage)
+            if inspect.isawaitable(result):
+                await result
         return answer["content"]
+
+
+def call_usage(reported: dict[str, int] | None, request: dict[str, Any],
+               completion_text: str) -> dict[str, Any]:
+    """One model call's tokens, {"prompt_tokens", "completion_tokens", "estimated"}: the
+    server's where it reported them, else estimated (prompt: the request's messages and tools;
+    completion: `completion_text`). Recorded as the `llmcam_llm_tokens` metric."""
+    if reported is not None:
+        usage = {**reported, "estimated": False}
+    else:
+        usage = {"prompt_tokens": prompt_tokens(request.get("messages") or [],
+                                                request.get("tools")),
+                 "completion_tokens": text_tokens(completion_text), "estimated": True}
+    record("llm_tokens", usage["prompt_tokens"], kind="prompt")
+    record("llm_tokens", usage["completion_tokens"], kind="completion")
+    return usage

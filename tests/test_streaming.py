@@ -19,7 +19,7 @@ from actors.schema import function_tool
 from actors.settings import Settings
 from actors.turns import TurnLog
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
-from tests.conftest import Gateway
+from tests.conftest import Gateway, make_settings
 from tests.test_turn_control import events, text_of
 
 SLOW_WORDS = 30
@@ -113,11 +113,12 @@ async def test_the_llm_client_sends_chunks_that_read_as_the_deltas(llm: OpenAISe
     arrivals: list[tuple[float, dict[str, Any]]] = []
     async for chunk in client.stream(request):
         arrivals.append((time.monotonic() - t0, chunk))
-    chunks = [c for _, c in arrivals]
+    assert "usage" in arrivals[-1][1]  # the server's token counts come last, on their own
+    chunks = [c for _, c in arrivals if "usage" not in c]
     assert "".join(c["content"] for c in chunks) == words
     assert 1 < len(chunks) < 40
     assert arrivals[0][0] < arrivals[-1][0]  # streamed, not sent at the end
-    calls = [c async for c in client.stream(request)]
+    calls = [c async for c in client.stream(request) if "usage" not in c]
     assert merge(calls) == [{"content": "Looking.", "tool_calls": [
         _part(0, "c1", "cap", '{"key": "Porvoo"}'),
         _part(1, "c2", "list_image_files", "{}")]}]
@@ -205,3 +206,118 @@ def test_the_turn_metrics_are_valid_ray_metrics(ray_address: str) -> None:
     metrics["turn_rounds"].observe(2)
     metrics["tool_calls"].inc(2)
     metrics["llm_errors"].inc()
+
+
+# --- token counts and the context limit -----------------------------------------------------
+
+def test_merge_keeps_usage_a_chunk_of_its_own_and_last() -> None:
+    usage = {"usage": {"prompt_tokens": 12, "completion_tokens": 3}}
+    deltas = [{"content": "Hel"}, {"content": "lo"}, usage]
+    assert merge(deltas) == [{"content": "Hello"}, usage]
+    assert merge([{"tool_calls": [_part(0, "c1", "f", "{}")]}, usage]) == [
+        {"tool_calls": [_part(0, "c1", "f", "{}")]}, usage]
+
+
+async def test_the_llm_client_actor_passes_the_servers_usage_through_last(
+        ray_address: str, fresh_llm: OpenAIServer, tmp_path) -> None:
+    """Through the real LLMClient actor (the wrapper sessions hold): every streamed request
+    asks for usage, and the server's counts arrive as the last chunk, apart from the text;
+    a non-streamed completion (the vision tool's) reports them too."""
+    from actors.llm import LLM
+    from testing.standins.openai_server import _usage
+
+    model = LLM(make_settings(tmp_path, fresh_llm), "usage-test")
+    replies = [Text("Counting the tokens of this reply."),
+               ToolCalls([Call("cap", {"key": "Porvoo"}, id="c1")], content="Looking.")]
+    fresh_llm.push(*replies)
+    for reply in replies:
+        request = {"model": "m", "messages": [{"role": "user", "content": "count " * 50}]}
+        chunks = [c async for c in model.stream(request)]
+        body = fresh_llm.requests[-1]
+        assert body["stream"] and body["stream_options"] == {"include_usage": True}
+        expected = {k: v for k, v in _usage(body, reply).items() if k != "total_tokens"}
+        assert chunks[-1] == {"usage": expected}
+        assert all("usage" not in c for c in chunks[:-1])
+        assert "".join(c.get("content", "") for c in chunks) == reply.content
+
+    fresh_llm.push(Text("A parking lot with 12 cars."))
+    seen: list[dict[str, Any]] = []
+    request = {"model": "m", "messages": [{"role": "user", "content": "what is this?"}]}
+    assert await model.complete(request, on_usage=seen.append) == "A parking lot with 12 cars."
+    body = fresh_llm.requests[-1]
+    assert "stream_options" not in body
+    expected = {k: v for k, v in _usage(body, Text("A parking lot with 12 cars.")).items()
+                if k != "total_tokens"}
+    assert seen == [{**expected, "estimated": False}]
+    fresh_llm.push(Text("no callback"))
+    assert await model.complete(request) == "no callback"  # the existing callers' way
+
+
+async def test_a_turn_over_a_long_history_sends_at_most_the_context_limit(
+        ray_address: str, fresh_llm: OpenAIServer, tmp_path) -> None:
+    """run_turn with `max_context_tokens`: the stand-in receives the system message and the
+    newest whole turns within the limit (tool schemas included); the history keeps
+    everything; each model call's usage comes out as a `usage` event after its message."""
+    from actors.chat import run_turn
+    from actors.context_window import prompt_tokens
+    from actors.llm import LLM
+    from testing.standins.openai_server import _usage
+    from tests.test_context_window import conversation
+
+    def cap(key: str) -> str:
+        """Capture an image from the camera `key`."""
+        return f"captured {key}"
+
+    tool = function_tool(cap, takes_context=False)
+    model = LLM(make_settings(tmp_path, fresh_llm), "context-test")
+    history = conversation(300)
+    stored = list(history)
+    limit = 1500
+    fresh_llm.push(ToolCalls([Call("cap", {"key": "Porvoo"}, id="call_new")]),
+                   Text("Here is Porvoo."))
+    seen = [item async for item in run_turn(model, "m", history, lambda: [tool], None,
+                                            max_context_tokens=limit)]
+    assert [e["event"] for e in seen if e["event"] in ("usage", "messages", "done")] == [
+        "usage", "messages", "messages", "usage", "messages", "done"]
+    assert history[:len(stored)] == stored and len(history) == len(stored) + 3
+    requests = fresh_llm.requests
+    assert len(requests) == 2
+    for body, then in zip(requests, (stored, history[:len(stored) + 2]), strict=True):
+        sent = body["messages"]
+        assert prompt_tokens(sent, body["tools"]) <= limit
+        assert sent[0] == history[0] and sent[1]["role"] == "user"
+        assert sent[1:] == then[len(then) - len(sent) + 1:]  # the newest whole turns
+        assert stored[-1] in sent and len(sent) < len(stored) / 4
+    usages = [e["data"] for e in seen if e["event"] == "usage"]
+    replies = [ToolCalls([Call("cap", {"key": "Porvoo"}, id="call_new")]),
+               Text("Here is Porvoo.")]
+    assert usages == [{**{k: v for k, v in _usage(body, reply).items() if k != "total_tokens"},
+                       "estimated": False} for body, reply in zip(requests, replies, strict=True)]
+
+
+async def test_a_server_that_reports_no_usage_is_counted_at_four_characters_a_token() -> None:
+    from actors.chat import run_turn
+    from actors.context_window import prompt_tokens, text_tokens
+
+    class Quiet:  # an LLM whose server reports no usage
+        def __init__(self) -> None:
+            self.requests: list[dict[str, Any]] = []
+
+        async def stream(self, request: dict[str, Any]):
+            self.requests.append(request)
+            yield {"content": "twelve chars"}
+
+    quiet = Quiet()
+    history = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi " * 40}]
+    seen = [item async for item in run_turn(quiet, "m", list(history), list, None)]
+    usage = next(e["data"] for e in seen if e["event"] == "usage")
+    assert usage == {"prompt_tokens": prompt_tokens(history), "completion_tokens":
+                     text_tokens("twelve chars"), "estimated": True}
+    assert quiet.requests[0]["messages"][:2] == history and "tools" not in quiet.requests[0]
+
+
+def test_the_token_metric_is_a_valid_ray_metric(ray_address: str) -> None:
+    from actors.metrics import _metrics
+
+    _metrics()["llm_tokens"].inc(120, tags={"kind": "prompt"})
+    _metrics()["llm_tokens"].inc(7, tags={"kind": "completion"})
