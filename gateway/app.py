@@ -22,7 +22,7 @@ from gateway.limits import BodyLimit
 from gateway.listeners import Listeners
 from gateway.quota import Quota
 from gateway.ray_conn import connect
-from gateway.routes import chat, events, files, health, me, page, sessions, turn
+from gateway.routes import auth, chat, events, files, health, me, page, sessions, turn
 from gateway.routes.page import STATIC
 from gateway.sessions import SessionClient
 
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
         app.include_router(module.router, dependencies=[Depends(get_caller)])
     for module in (health, page):
         app.include_router(module.router)
+    auth.install(app, settings)  # /login, /auth/callback, /logout; the login-state cookie
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")
     app.add_middleware(BodyLimit)
     security.install(app, settings, listen_host)  # Host, Origin, headers (also on a 413)

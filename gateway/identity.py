@@ -65,6 +65,10 @@ class Identity:
         if self.mode == "oidc" and not secret:
             raise ValueError("LLMCAM_AUTH=oidc needs LLMCAM_SECRET_KEY (the key that signs "
                              "the sign-in cookie; the same on every gateway)")
+        if self.mode == "oidc" and not (settings.oidc_issuer and settings.oidc_client_id):
+            raise ValueError("LLMCAM_AUTH=oidc needs LLMCAM_OIDC_ISSUER and "
+                             "LLMCAM_OIDC_CLIENT_ID (and, for a confidential client, "
+                             "LLMCAM_OIDC_CLIENT_SECRET)")
         self._signer = URLSafeTimedSerializer(secret, salt=_SALT) if secret else None
 
     # addresses ----------------------------------------------------------------------------------
