@@ -11,8 +11,14 @@ const els = {};                  // DOM references, filled in init()
 // into the list, not news: no toast); attachments: names of uploaded files for the next message.
 const state = {
   sid: null, view: null, events: null, busy: false, storedUpTo: 0,
-  attachments: [], uploading: 0, forgetting: null, resumes: 0, loading: false,
+  attachments: [], uploading: 0, forgetting: null, resumes: 0, loading: false, blocked: false,
 };
+// Who is using the page (GET /api/me): `user` is the shown name, null when nobody signs in.
+// When a user is signed in, "Your chats" is their list on the server (GET /api/sessions), the
+// same on every device; `serverChats` holds it, most recently active first.
+const account = { user: null, auth: 'none' };
+let serverChats = null;
+let chatsAsked = 0;                         // the newest GET /api/sessions wins
 const thinking = makeEl('div', { class: 'thinking', 'data-testid': 'activity', text: 'thinking…' });
 const MAX_UPLOAD = 10 * 1024 * 1024;
 const IMAGE_TYPES = ['image/jpeg', 'image/png'];
@@ -95,7 +101,7 @@ function setBusy(busy) {
 }
 
 function updateSend() {
-  els.send.disabled = state.busy || state.loading || state.uploading > 0 || !state.sid;
+  els.send.disabled = state.busy || state.loading || state.uploading > 0 || !state.sid || state.blocked;
 }
 
 /* ---------- URLs of a session's files ---------- */
@@ -305,19 +311,59 @@ class ApiError extends Error {
   }
 }
 
-// FastAPI's detail is a string or a list of {loc, msg} field errors.
+// FastAPI's detail is a string or a list of {loc, msg} field errors; never shown as raw JSON.
 function detailText(detail) {
   if (typeof detail === 'string') return detail;
-  if (Array.isArray(detail)) return detail.map((d) => (d && d.msg) || JSON.stringify(d)).join('; ');
-  return detail ? JSON.stringify(detail) : '';
+  if (Array.isArray(detail)) return detail.map((d) => (typeof d === 'string' ? d : d?.msg || 'invalid input')).join('; ');
+  if (detail && typeof detail === 'object') return String(detail.msg || detail.message || '');
+  return '';
 }
 
+// Seconds from a Retry-After header (a number of seconds or an HTTP date), or null.
+function retryAfter(res) {
+  const value = (res.headers.get('Retry-After') || '').trim();
+  if (!value) return null;
+  if (/^\d+$/.test(value)) return Number(value);
+  const at = Date.parse(value);
+  return Number.isNaN(at) ? null : Math.max(0, Math.ceil((at - Date.now()) / 1000));
+}
+
+// A same-site path the server names for signing in (`login` of a 401), or ''.
+function loginPath(value) {
+  return typeof value === 'string' && value.startsWith('/') && !value.startsWith('//') ? value : '';
+}
+
+// What a refused request says to the user: the server's own words, never its raw body.
 async function apiError(res) {
-  let detail = '';
-  try { detail = detailText((await res.json()).detail); } catch { /* body was not JSON */ }
+  let body = null;
+  try { body = await res.json(); } catch { /* body was not JSON */ }
+  const detail = detailText(body?.detail);
   const error = new ApiError(res.status, `Error ${res.status}: ${detail || res.statusText || 'request failed'}`);
   error.detail = detail;
+  error.limit = typeof body?.limit === 'string' ? body.limit : '';
+  error.login = loginPath(body?.login);
+  error.retryAfter = retryAfter(res);
+  if (res.status === 429) {
+    const named = error.limit && !detail.includes(error.limit) ? ` (${error.limit})` : '';
+    let words = detail || 'too many requests';
+    let wait = '';
+    if (error.retryAfter !== null) {          // a number says more than "shortly"
+      words = words.replace(/[;,.]?\s*try again shortly\.?$/i, '') || words;
+      wait = ` — try again in ${error.retryAfter} s`;
+    }
+    error.message = `Limit reached: ${words}${named}${wait}`;
+  } else if (res.status === 401) {
+    error.message = `Sign-in needed: ${detail || 'this server expects a signed-in user'}`;
+    if (error.login) goSignIn(error.login);   // the sign-in ended (oidc): sign in again
+  }
   return error;
+}
+
+let leaving = false;
+function goSignIn(path) {
+  if (leaving) return;
+  leaving = true;
+  location.assign(path);
 }
 
 async function api(method, path, body, signal) {
@@ -336,10 +382,10 @@ async function api(method, path, body, signal) {
 // Incremental parser: feed decoded text with push(), call end() at EOF.
 // Handles LF, CRLF and CR line endings, even when split across chunks.
 function createSseParser(onEvent) {
-  let buffer = '', type = '', data = [];
+  let buffer = '', type = '', data = [], lastId = '';
   function line(text) {
     if (text === '') {                       // blank line ends an event
-      if (data.length) onEvent(type || 'message', data.join('\n'));
+      if (data.length) onEvent(type || 'message', data.join('\n'), lastId);
       type = '', data = [];
       return;
     }
@@ -350,6 +396,7 @@ function createSseParser(onEvent) {
     if (value.startsWith(' ')) value = value.slice(1);
     if (field === 'event') type = value;
     else if (field === 'data') data.push(value);
+    else if (field === 'id' && !value.includes('\0')) lastId = value;
   }
   return {
     push(chunk) {
@@ -482,6 +529,7 @@ async function followTurn(res, view) {
   if (turn.finished) state.resumes = 0;
   else await resumeTurn(view);
   refreshStreams();
+  if (signedIn()) refreshChats();           // its title, and the order of last activity
   return true;
 }
 
@@ -501,32 +549,56 @@ async function resumeTurn(view) {
   }
 }
 
-async function sendMessage(content) {
+// `draft`: what the user typed and attached, handed back to the composer when the message
+// was not taken (a limit, a gone chat, the network), so nothing they wrote is lost.
+async function sendMessage(content, draft = { text: content, attachments: [] }) {
   const view = state.view;
-  addUserBubble(content);
-  noteFirstMessage(view.sid, content);
+  const bubble = addUserBubble(content);
   showActivity();
   setBusy(true);
+  let res;
   try {
-    const res = await fetch(sessionPath('/messages', view.sid), {
+    res = await fetch(sessionPath('/messages', view.sid), {
       method: 'POST',
       headers: { 'Content-Type': 'application/json', Accept: 'text/event-stream' },
       body: JSON.stringify({ content }),
       signal: view.abort.signal,
     });
     if (!res.ok) throw await apiError(res);
+  } catch (err) {
+    if (view !== state.view) return;
+    hideActivity();
+    setBusy(false);
+    if (err instanceof ApiError) bubble.remove();   // refused: nothing of it was recorded
+    restoreDraft(draft, err.status !== 404);        // a gone chat's files are gone with it
+    await reportSendError(err);
+    return;
+  }
+  noteFirstMessage(view.sid, content);
+  try {
     await followTurn(res, view);
   } catch (err) {
     if (view !== state.view) return;
     hideActivity();
     setBusy(false);
-    await reportSendError(err, content);
+    showError(`Network error: ${err.message}`);
   }
 }
 
-// A 404 means the session is gone (expired or deleted elsewhere): start a fresh one and hand
-// the text back so the user can resend it.
-async function reportSendError(err, content) {
+function restoreDraft({ text, attachments }, withAttachments = true) {
+  const typed = els.input.value;
+  els.input.value = [text, typed].filter((t) => t && t.trim()).join('\n');
+  if (withAttachments) {
+    state.attachments = [...attachments, ...state.attachments.filter((n) => !attachments.includes(n))];
+    renderAttachments();
+  }
+  autosize();
+  updateSend();
+}
+
+// A 404 means the session is gone (expired or deleted elsewhere): start a fresh one; the text
+// is back in the input box so the user can resend it. Anything else: the server's words.
+async function reportSendError(err) {
   if (!(err instanceof ApiError)) {
     showError(`Network error: ${err.message}`);
   } else if (err.status === 404) {
@@ -534,7 +606,6 @@ async function reportSendError(err, content) {
       forgetChat(state.sid);
       await enterSession(await createSession());
       showError('This chat no longer exists on the server, so a new one was started. Please send your message again.');
-      if (!els.input.value) els.input.value = content;
     } catch (e) {
       showError(`Could not start a new chat: ${e.message}`);
     }
@@ -556,7 +627,7 @@ async function stopTurn() {
   }
 }
 
-/* ---------- your chats (kept in this browser) ---------- */
+/* ---------- your chats (the user's on the server, else kept in this browser) ---------- */
 
 const CHATS_KEY = 'llmcam.chats';
 const CURRENT_KEY = 'llmcam.current';
@@ -586,7 +657,48 @@ function saveChats(list) {
   renderChats();
 }
 
+const signedIn = () => Boolean(account.user);
+
+// The chats to list: the signed-in user's from the server, else this browser's own.
+function listChats() {
+  return signedIn() ? serverChats || [] : loadChats();
+}
+
+// The signed-in user's chats from GET /api/sessions (throws when they cannot be read).
+async function loadServerChats() {
+  const asked = ++chatsAsked;
+  const list = await api('GET', '/api/sessions');
+  if (asked !== chatsAsked) return;         // a newer answer is coming
+  const fresh = (Array.isArray(list) ? list : []).filter((s) => s && typeof s.session_id === 'string')
+    .map((s) => ({
+      id: s.session_id,
+      title: chatTitle(s.title),
+      created: Math.round((Number(s.created_at) || 0) * 1000),
+      active: Math.round((Number(s.last_active) || 0) * 1000),
+    }));
+  // The chat on screen stays listed while it is open, whatever this answer missed.
+  const open = (serverChats || []).find((c) => c.id === state.sid);
+  if (open && !fresh.some((c) => c.id === open.id)) fresh.unshift(open);
+  serverChats = fresh;
+  renderChats();
+}
+
+async function refreshChats() {
+  if (!signedIn()) { renderChats(); return; }
+  try { await loadServerChats(); } catch (err) {
+    console.warn('list chats:', err.message);  // transient; the next refresh retries
+  }
+}
+
 function rememberChat(id, fields = {}) {
+  if (signedIn()) {                         // shown at once; the server's list follows
+    serverChats = serverChats || [];
+    const chat = serverChats.find((c) => c.id === id);
+    if (chat) Object.assign(chat, fields);
+    else serverChats.unshift({ id, title: '', created: Date.now(), active: Date.now(), ...fields });
+    renderChats();
+    return;
+  }
   const list = loadChats();
   const chat = list.find((c) => c.id === id);
   if (chat) Object.assign(chat, fields);
@@ -595,7 +707,12 @@ function rememberChat(id, fields = {}) {
 }
 
 function forgetChat(id) {
-  saveChats(loadChats().filter((c) => c.id !== id));
+  if (signedIn()) {
+    serverChats = (serverChats || []).filter((c) => c.id !== id);
+    renderChats();
+  } else {
+    saveChats(loadChats().filter((c) => c.id !== id));
+  }
   if (storageGet(CURRENT_KEY) === id) storageSet(CURRENT_KEY, '');
 }
 
@@ -607,7 +724,7 @@ function chatTitle(content) {
 }
 
 function noteFirstMessage(id, content) {
-  const chat = loadChats().find((c) => c.id === id);
+  const chat = listChats().find((c) => c.id === id);
   if (chat && !chat.title) rememberChat(id, { title: chatTitle(content) });
 }
 
@@ -621,15 +738,20 @@ function formatDate(ms) {
 
 function renderChats() {
   if (!els.chatList) return;
-  els.chatList.replaceChildren(...loadChats().map((chat) => {
+  const server = signedIn();
+  els.chatList.dataset.source = server ? 'server' : 'browser';
+  els.chatList.replaceChildren(...listChats().map((chat) => {
     const title = chat.title || 'New chat';
     const current = chat.id === state.sid;
+    const when = (server && chat.active) || chat.created || 0;
     const open = makeEl('button', { type: 'button', class: 'chat-open' },
       makeEl('span', { class: 'chat-title', text: title }),
-      makeEl('time', { class: 'chat-date', datetime: new Date(chat.created || 0).toISOString(), text: formatDate(chat.created) }));
+      makeEl('time', { class: 'chat-date', datetime: new Date(when).toISOString(), text: formatDate(when) }));
     if (current) open.setAttribute('aria-current', 'true');
     open.addEventListener('click', () => openChat(chat.id));
-    const forget = makeEl('button', { type: 'button', class: 'chat-forget', 'aria-label': `Forget chat: ${title}`, title: 'Forget this chat', text: '×' });
+    const forget = server
+      ? makeEl('button', { type: 'button', class: 'chat-forget', 'aria-label': `Delete chat: ${title}`, title: 'Delete this chat', text: '×' })
+      : makeEl('button', { type: 'button', class: 'chat-forget', 'aria-label': `Forget chat: ${title}`, title: 'Forget this chat', text: '×' });
     forget.addEventListener('click', () => askForget(chat));
     return makeEl('li', { class: current ? 'chat-item current' : 'chat-item', 'data-testid': 'chat' }, open, forget);
   }));
@@ -651,16 +773,25 @@ async function openChat(id) {
   }
 }
 
+// Forgetting a chat of this browser's list may also delete it; a signed-in user's chat is on
+// the server's list on every device, so there forgetting it means deleting it.
 function askForget(chat) {
+  const server = signedIn();
   state.forgetting = chat.id;
   els.forgetTitle.textContent = chat.title || 'New chat';
   els.forgetDelete.checked = false;
+  els.forgetDeleteLabel.hidden = server;
+  els.forgetHeading.textContent = server ? 'Delete this chat?' : 'Forget this chat?';
+  els.forgetEffect.textContent = server
+    ? 'is deleted on the server, on all your devices: its history and files are gone for good.'
+    : "leaves this browser's list of chats.";
+  els.forgetConfirm.textContent = server ? 'Delete' : 'Forget';
   els.forgetDialog.showModal();
 }
 
 async function confirmForget() {
   const id = state.forgetting;
-  const deleteIt = els.forgetDelete.checked;
+  const deleteIt = els.forgetDelete.checked || signedIn();
   els.forgetDialog.close();
   state.forgetting = null;
   if (!id) return;
@@ -679,7 +810,7 @@ async function confirmForget() {
 }
 
 async function firstChatOrNew() {
-  const [first] = loadChats();
+  const [first] = listChats();
   return first ? first.id : createSession();
 }
 
@@ -693,12 +824,21 @@ function closeChatsOnNarrow() {
 async function createSession() {
   const sid = (await api('POST', '/api/sessions')).session_id;
   rememberChat(sid, { created: Date.now() });
+  if (signedIn()) refreshChats();
   return sid;
 }
 
 // The chat to open first: the one open last time, else the newest, else the session the cookie
-// names (a page from before "Your chats"), else a new one.
+// names (a page from before "Your chats"), else a new one. A signed-in user's come from the
+// server.
 async function startingChat() {
+  if (signedIn()) {
+    await loadServerChats();
+    const list = listChats();
+    const last = storageGet(CURRENT_KEY);
+    if (last && list.some((c) => c.id === last)) return last;
+    return list.length ? list[0].id : createSession();
+  }
   const chats = loadChats();
   const last = storageGet(CURRENT_KEY);
   if (last && chats.some((c) => c.id === last)) return last;
@@ -741,6 +881,7 @@ async function showSession(view) {
   els.log.replaceChildren();
   els.notifications.replaceChildren();
   els.notificationsEmpty.hidden = false;
+  showEventsProblem('');
   showStreams([]);
   storageSet(CURRENT_KEY, sid);
   renderChats();
@@ -748,7 +889,7 @@ async function showSession(view) {
 
   const info = await api('GET', sessionPath('', sid), undefined, signal);
   if (view !== state.view) return;
-  const chat = loadChats().find((c) => c.id === sid);
+  const chat = listChats().find((c) => c.id === sid);
   if (!chat) rememberChat(sid, { created: Math.round(info.created_at * 1000) });
   // Event IDs run 1, 2, 3… per session and every event counts in its stream's `sent`, so
   // their sum is the last event already stored.
@@ -763,7 +904,10 @@ async function showSession(view) {
   if (view !== state.view) return;
   if (live.status === 404) throw await apiError(live);
   if (live.status !== 200 && live.status !== 204) {   // the history still shows what was said
-    console.warn('turn in flight:', (await apiError(live)).message);
+    const err = await apiError(live);
+    if (view !== state.view) return;
+    if (live.status === 429) showError(`The reply in progress cannot be followed live: ${err.message}`);
+    else console.warn('turn in flight:', err.message);
   }
   const messages = await api('GET', sessionPath('/messages', sid), undefined, signal);
   if (view !== state.view) return;
@@ -918,16 +1062,64 @@ function wireDrop() {
 
 /* ---------- notifications ---------- */
 
+// The session's /events stream, read with fetch (not EventSource, which hides why a request
+// was refused): it reconnects as EventSource would, from the last event it saw, and a refusal
+// (a limit: 429 with Retry-After) is said in the page and retried when the server allows.
 function openEvents() {
   closeEvents();
-  const source = new EventSource(sessionPath('/events'));
-  source.addEventListener('notification', onNotification);
-  state.events = source;                    // EventSource reconnects by itself
+  const abort = new AbortController();
+  state.events = abort;
+  listenEvents(state.sid, abort.signal);
 }
 
 function closeEvents() {
-  if (state.events) state.events.close();
+  if (state.events) state.events.abort();
   state.events = null;
+}
+
+const sleep = (ms, signal) => new Promise((resolve) => {
+  const timer = setTimeout(resolve, ms);
+  signal.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
+});
+
+async function listenEvents(sid, signal) {
+  let lastId = '', delay = 1000, said = '';
+  while (!signal.aborted) {
+    let wait = delay;
+    try {
+      const headers = { Accept: 'text/event-stream' };
+      if (lastId) headers['Last-Event-ID'] = lastId;
+      const res = await fetch(sessionPath('/events', sid), { headers, signal, cache: 'no-store' });
+      if (res.ok) {
+        said = '';
+        showEventsProblem('');
+        delay = wait = 1000;
+        await readSse(res, (type, data, id) => {
+          if (signal.aborted) return;
+          if (id) lastId = id;
+          if (type === 'notification') onNotification({ data, lastEventId: id });
+        });
+      } else {
+        const err = await apiError(res);
+        if (signal.aborted || res.status === 404 || res.status === 401) return;
+        if (err.message !== said) {              // once, not at every retry
+          said = err.message;
+          showEventsProblem(`Notifications cannot be received just now. ${err.message}`);
+        }
+        if (err.retryAfter !== null) wait = Math.max(1000, err.retryAfter * 1000);
+      }
+    } catch {
+      if (signal.aborted) return;                // the chat was left
+    }
+    await sleep(wait, signal);
+    delay = Math.min(delay * 2, 30000);
+  }
+}
+
+// Why the notifications of this chat do not arrive (a limit, the server), or '' to clear it.
+function showEventsProblem(text) {
+  els.eventsProblem.textContent = text;
+  els.eventsProblem.hidden = !text;
 }
 
 function onNotification(ev) {
@@ -1000,20 +1192,70 @@ async function stopStream(id, button) {
   refreshStreams();
 }
 
+/* ---------- who is using the page ---------- */
+
+// GET /api/me: 'user' (signed in), 'anonymous' (nobody signs in here, or an older server),
+// 'away' (off to sign in at the provider) or 'blocked' (sign-in needed, through the proxy).
+async function whoAmI() {
+  let res;
+  try {
+    res = await fetch('/api/me', { headers: { Accept: 'application/json' }, cache: 'no-store' });
+  } catch {
+    return 'anonymous';                     // the chat itself will say what is wrong
+  }
+  if (res.status === 401) {
+    const err = await apiError(res);        // with `login` it already sends the page there
+    if (err.login) return 'away';
+    showSignInNeeded(err.detail);
+    return 'blocked';
+  }
+  if (!res.ok) return 'anonymous';
+  let me = null;
+  try { me = await res.json(); } catch { return 'anonymous'; }
+  account.auth = typeof me?.auth === 'string' ? me.auth : 'none';
+  account.user = typeof me?.user === 'string' && me.user ? me.user : null;
+  if (!account.user) return 'anonymous';
+  els.accountName.textContent = account.user;
+  els.account.hidden = false;
+  return 'user';
+}
+
+function showSignInNeeded(detail) {
+  state.blocked = true;
+  els.noticeTitle.textContent = 'Sign-in needed';
+  els.noticeText.textContent = 'This server only answers signed-in users, and it did not '
+    + 'learn who you are from the sign-in proxy in front of it. Sign in there, then reload '
+    + `this page.${detail ? ` (The server said: ${detail})` : ''}`;
+  els.notice.hidden = false;
+  for (const control of [els.input, els.newChat, els.attach]) control.disabled = true;
+  els.chatList.replaceChildren();
+  updateSend();
+}
+
+async function signOut() {
+  els.signOut.disabled = true;
+  try {
+    await fetch('/logout', { method: 'POST', headers: { Accept: 'application/json' } });
+  } catch { /* the reload shows where things stand */ }
+  storageSet(CURRENT_KEY, '');
+  location.reload();
+}
+
 /* ---------- wiring ---------- */
 
 function onSubmit(ev) {
   ev.preventDefault();
   const text = els.input.value.trim();
-  if (state.busy || state.loading || state.uploading || !state.view) return;
+  if (state.busy || state.loading || state.uploading || !state.view || state.blocked) return;
   if (!text && !state.attachments.length) return;
   const images = state.attachments.map((name) => `![${name}](files/${name})`);
   const content = [text, images.join('\n')].filter(Boolean).join('\n\n');
+  const draft = { text: els.input.value, attachments: state.attachments };
   els.input.value = '';
   state.attachments = [];
   renderAttachments();
   autosize();
-  sendMessage(content);
+  sendMessage(content, draft);
 }
 
 // Enter sends, Shift+Enter inserts a newline (and never send mid-IME-composition).
@@ -1037,7 +1279,10 @@ async function init() {
     streams: 'streams', streamsEmpty: 'streams-empty', notifications: 'notifications',
     notificationsEmpty: 'notifications-empty', toasts: 'toasts', forgetDialog: 'forget-dialog',
     forgetTitle: 'forget-title', forgetDelete: 'forget-delete', forgetConfirm: 'forget-confirm',
-    forgetCancel: 'forget-cancel',
+    forgetCancel: 'forget-cancel', forgetHeading: 'forget-heading', forgetEffect: 'forget-effect',
+    forgetDeleteLabel: 'forget-delete-label', account: 'account', accountName: 'account-name',
+    signOut: 'sign-out', notice: 'notice', noticeTitle: 'notice-title', noticeText: 'notice-text',
+    eventsProblem: 'events-problem',
   })) els[key] = document.getElementById(id);
 
   setUpMarkdown();
@@ -1058,11 +1303,18 @@ async function init() {
     const open = document.body.classList.toggle('chats-open');
     els.chatsToggle.setAttribute('aria-expanded', String(open));
   });
-  window.addEventListener('storage', (ev) => { if (ev.key === CHATS_KEY) renderChats(); });
+  els.signOut.addEventListener('click', signOut);
+  window.addEventListener('storage', (ev) => { if (ev.key === CHATS_KEY && !signedIn()) renderChats(); });
+  // a signed-in user's chats may have changed on another device
+  document.addEventListener('visibilitychange', () => {
+    if (document.visibilityState === 'visible' && signedIn()) refreshChats();
+  });
   wireDrop();
   setInterval(refreshStreams, 15000);
 
   updateSend();
+  const who = await whoAmI();
+  if (who === 'away' || who === 'blocked') return;  // no chat without a user here
   try {
     await openChat(await startingChat());
   } catch (err) {
