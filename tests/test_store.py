@@ -174,3 +174,82 @@ def test_an_actor_checks_the_schema_without_migrating(url: str) -> None:
     checked.create_session("k")
     assert checked.claim("k") == 1
     checked.close()
+
+
+V2_TABLES = [
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO schema_version (version) VALUES (2)",
+    "CREATE TABLE sessions (key TEXT PRIMARY KEY, created_at REAL NOT NULL, "
+    "epoch BIGINT NOT NULL DEFAULT 0)",
+    "CREATE TABLE messages (key TEXT NOT NULL, seq BIGINT NOT NULL, turn_id TEXT, "
+    "body TEXT NOT NULL, PRIMARY KEY (key, seq))",
+    "CREATE TABLE streams (key TEXT NOT NULL, noti_id TEXT NOT NULL, spec TEXT NOT NULL, "
+    "status TEXT NOT NULL, started_at REAL NOT NULL, sent INTEGER NOT NULL DEFAULT 0, "
+    "PRIMARY KEY (key, noti_id))",
+    "INSERT INTO sessions VALUES ('old', 5.0, 2)",
+    "INSERT INTO messages VALUES ('old', 1, 't', '{\"role\": \"user\", \"content\": \"hi\"}')",
+]
+
+
+def test_a_version_2_database_gains_owners_and_usage(url: str) -> None:
+    """Sessions written before users existed belong to nobody, keep their history, and were
+    last used when they were made; the new records work on them."""
+    if url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            for statement in V2_TABLES:
+                conn.execute(statement.replace("REAL", "DOUBLE PRECISION"))
+    else:
+        with sqlite3.connect(url) as conn:
+            for statement in V2_TABLES:
+                conn.execute(statement)
+    store = open_store(url)
+    try:
+        assert store.schema_version() == SCHEMA_VERSION
+        row = store.session_row("old")
+        assert row is not None and row.owner is None and row.created_at == 5.0
+        assert [m.body["content"] for m in store.messages("old")] == ["hi"]
+        assert store.expired_sessions(6.0) == ["old"]  # last used: when it was made
+        epoch = store.claim("old")
+        store.add_tokens("old", "user:a", 10, 5)
+        assert store.session_usage("old") == {"prompt_tokens": 10, "completion_tokens": 5}
+        assert store.usage_today("user:a")["tokens_today"] == 15
+        assert store.put_stream("old", epoch, "n1", {"task": "t"}, "running", "user:a", 1)
+        assert not store.put_stream("old", epoch, "n2", {"task": "t"}, "running", "user:a", 1)
+    finally:
+        store.close()
+
+
+def test_owned_sessions_are_listed_for_their_owner_only(store: Store) -> None:
+    store.create_session("k1", "alice", "sid-1")
+    store.create_session("k2", "alice", "sid-2")
+    store.create_session("k3", "bob", "sid-3")
+    store.create_session("k4")  # nobody's: its ID is not kept
+    epoch = store.claim("k1")
+    store.begin_turn("k1", epoch, "t1", {"role": "user", "content": "x" * 100}, "user:alice")
+    listed = store.sessions_of("alice")
+    assert [s["session_id"] for s in listed] == ["sid-1", "sid-2"]
+    assert listed[0]["title"] == "x" * 80 and listed[0]["message_count"] == 1
+    assert [s["session_id"] for s in store.sessions_of("bob")] == ["sid-3"]
+    assert store.usage_today("user:alice")["turns_today"] == 1
+
+
+def test_rate_windows_count_and_expire(store: Store) -> None:
+    assert [store.rate_incr("w", 0.5) for _ in range(3)] == [1, 2, 3]
+    assert store.rate_get("w")[0] == 3
+    import time
+
+    time.sleep(0.6)
+    assert store.rate_get("w")[0] == 0
+    assert store.rate_incr("w", 0.5) == 1  # a new window
+    store.rate_clear("w")
+    assert store.rate_get("w")[0] == 0
+
+
+def test_events_beyond_keep_are_dropped(store: Store) -> None:
+    store.create_session("k")
+    epoch = store.claim("k")
+    for i in range(5):
+        store.add_event("k", epoch, "n", f"e{i}", keep=3)
+    assert [m for _, _, m, _ in store.events_after("k", 0)] == ["e2", "e3", "e4"]
