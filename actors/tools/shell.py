@@ -1,24 +1,34 @@
 """`execute_bash_command`: only where the operator enabled it (LLMCAM_ENABLE_SHELL=1).
 
-The model chooses the commands, so they run sandboxed (see `sandbox_argv`):
-- a scrubbed environment (no OPENAI_*, LLMCAM_*, RAY_*, nothing of the server's) and a minimal
-  PATH without `ray` or our virtualenv;
-- their own working directory, `<tmp>/llmcam-shell/<session key>`, not under LLMCAM_DATA, made
-  on first use and removed with the session (`remove_scratch`, from the session actor);
-- new mount, PID and network namespaces (`unshare`): the data directory, the database's
-  directory and Ray's temp directory are covered by empty tmpfs mounts (no store to read), /proc
-  shows only the command's own processes (no /proc/<server pid>/environ), there is no network
-  (so no Ray cluster to submit code to, no internal services), and when the command ends or
-  times out every process it started dies with the namespace;
-- as root (the server here and in CI): as an unprivileged uid of its own per session
-  (`setpriv`, no new privileges, no capabilities), so the kernel refuses the server's files
-  and processes besides; as another user: inside a user namespace of its own.
-Where the namespaces cannot be made (a container without the rights), the tool says so and runs
-nothing: it never falls back to an unsandboxed shell.
+The model chooses the commands, so each one runs in a bubblewrap (`bwrap`) sandbox built the same
+way whether the server runs as root or not (see `sandbox_argv`):
+- a view of the system made of what it needs and nothing else: /usr (and the /bin, /lib...
+  links or directories), a few files of /etc, a synthetic /etc/passwd and /etc/group, all
+  read-only; its own scratch directory read-write as working directory and HOME; private,
+  size-limited tmpfs on /tmp, /var/tmp and /dev/shm that vanish with the command; a fresh /dev
+  and a /proc of its own PID namespace. The data directory, the store, other sessions' scratch,
+  Ray's files, /root, /home, the project and its virtualenv are simply not there;
+- new user, PID, network, IPC, UTS (and cgroup) namespaces: a non-zero uid with no capabilities
+  (no mount/umount, no new user namespaces either), only its own processes, no network (no Ray
+  cluster, no internal services); `--die-with-parent` and `--new-session`;
+- a uid of the session's own (`sandbox_uid`, reserved so that two live sessions never share one).
+  As root the server starts bwrap as that uid, so even the kernel's idea of the owner (the uid
+  outside the namespace) is neither root nor another session; as another user, each command's
+  user namespace is its own;
+- resource limits (`prlimit`, inside the sandbox): CPU time, address space, processes (counted
+  per user namespace, so per command), file size, open files, no core dumps; and a wall-clock
+  timeout that kills bwrap, whose PID namespace takes every process the command started with it;
+- a scrubbed environment (`--clearenv`: no OPENAI_*, LLMCAM_*, RAY_*, nothing of the server's)
+  and a minimal PATH without `ray` or our virtualenv.
+Its scratch directory, `<tmp>/llmcam-shell/<digest>`, outlives a command (files the model made
+stay for its next command) and is removed with the session (`remove_scratch`, from the session
+actor on delete and passivation).
 
-Commands also run with a timeout, a cap on the output kept and no stdin. A plain command (no
-shell syntax) runs directly from its argv; anything else through `bash -c` with an explicit
-argv, never `shell=True`.
+Where bwrap is missing or cannot make its namespaces (a container without the rights), the tool
+says the sandbox is unavailable and runs nothing: it never falls back to an unsandboxed shell.
+Commands also run with a cap on the output kept and no stdin. A plain command (no shell syntax)
+runs directly from its argv; anything else through `bash -c` with an explicit argv, never
+`shell=True`.
 """
 
 from __future__ import annotations
@@ -33,8 +43,9 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -46,13 +57,22 @@ TIMEOUT_S = 30.0
 OUTPUT_CAP = 16_000
 _SHELL_SYNTAX = re.compile(r"[|&;<>()$`\\\"'*?\[\]~{}!#\n=%]")
 
-
 SCRATCH_ROOT = Path(tempfile.gettempdir()) / "llmcam-shell"
-SANDBOX_UIDS = (61000, 4000)  # (first, count): each session's commands get a uid of these
+SANDBOX_UIDS = (100_000, 900_000)  # (first, count): each live session gets a uid of these
+PROBE_UID = SANDBOX_UIDS[0] - 1  # the availability check's
+MiB = 1 << 20
+# prlimit options for every command (limits apply to each process; the process count to all the
+# processes of the command's user namespace)
+LIMITS = {"cpu": f"{int(TIMEOUT_S)}:{int(TIMEOUT_S) + 5}", "as": 1024 * MiB, "nproc": 64,
+          "fsize": 256 * MiB, "nofile": 256, "core": 0}
+TMPFS = {"/tmp": 128 * MiB, "/var/tmp": 32 * MiB, "/dev/shm": 64 * MiB}  # private, per command
 _PATH_DIRS = ("/usr/local/bin", "/usr/bin", "/bin")
-_WRAPPER = (  # pid 1 of the namespaces: hide the paths, then run the command and wait for it
-    'while [ "$1" != -- ]; do mount -t tmpfs -o mode=000,size=4k llmcam-hidden "$1" '
-    '|| exit 125; shift; done; shift; "$@"')
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC = ("alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+        "nsswitch.conf", "host.conf", "hosts", "os-release", "debian_version", "magic",
+        "magic.mime", "mime.types", "protocols", "services", "ssl/certs", "bash.bashrc",
+        "inputrc", "terminfo", "gai.conf", "locale.alias")
+_TOOL_DIRS = ("/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin")  # where we look for bwrap
 
 
 def scratch_path(key: str) -> Path:
@@ -63,29 +83,114 @@ def scratch_path(key: str) -> Path:
     return SCRATCH_ROOT / hashlib.sha256(f"llmcam-shell:{key}".encode()).hexdigest()[:24]
 
 
-def sandbox_uid(key: str) -> int:
-    """A uid of this session's own: other sessions' scratch directories are closed to it."""
-    first, count = SANDBOX_UIDS
-    return first + int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % count
-
-
-def scratch_dir(ctx: ToolContext) -> Path:
-    """This session's working directory for shell commands (made on first use, mode 0700,
-    owned by the session's sandbox uid when we run as root)."""
-    key = session_key(ctx.session_id)
-    SCRATCH_ROOT.mkdir(mode=0o711, exist_ok=True)
-    path = scratch_path(key)
+def _claims() -> Path:
+    """Where the uids of live sessions are reserved: one file per uid, holding the scratch
+    directory's name (outside every sandbox's view)."""
+    path = SCRATCH_ROOT / ".uids"
     path.mkdir(mode=0o700, exist_ok=True)
-    if os.geteuid() == 0:
-        os.chown(path, sandbox_uid(key), sandbox_uid(key))
     return path
 
 
+def _probe_uids(key: str) -> list[int]:
+    first, count = SANDBOX_UIDS
+    start = int(hashlib.sha256(f"llmcam-uid:{key}".encode()).hexdigest()[:12], 16) % count
+    return [first + (start + step) % count for step in range(min(count, 4096))]
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None
+
+
+def sandbox_uid(key: str) -> int:
+    """The uid of session `key`'s commands: its own among the live sessions of this node (the
+    first free uid from a hash of the key; reserved until `remove_scratch`)."""
+    SCRATCH_ROOT.mkdir(mode=0o711, exist_ok=True)
+    name = scratch_path(key).name
+    claims = _claims()
+    for uid in _probe_uids(key):
+        claim = claims / str(uid)
+        try:
+            fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            owner = _read(claim)
+            if owner == name:
+                return uid
+            if owner and not (SCRATCH_ROOT / owner).exists():  # its session is gone
+                with contextlib.suppress(OSError):
+                    claim.unlink()
+                    fd = os.open(claim, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    os.write(fd, name.encode())
+                    os.close(fd)
+                    return uid
+            continue
+        os.write(fd, name.encode())
+        os.close(fd)
+        return uid
+    raise RuntimeError("no free sandbox uid")
+
+
+def _release_uid(key: str) -> None:
+    name = scratch_path(key).name
+    claims = SCRATCH_ROOT / ".uids"
+    for uid in _probe_uids(key):
+        owner = _read(claims / str(uid))
+        if owner is None:
+            return
+        if owner == name:
+            with contextlib.suppress(OSError):
+                (claims / str(uid)).unlink()
+            return
+
+
+def prepare_scratch(key: str) -> tuple[Path, int]:
+    """Session `key`'s working directory (made on first use, mode 0700; owned by its sandbox uid
+    when we run as root) and that uid."""
+    SCRATCH_ROOT.mkdir(mode=0o711, exist_ok=True)
+    path = scratch_path(key)
+    path.mkdir(mode=0o700, exist_ok=True)
+    uid = sandbox_uid(key)
+    if os.geteuid() == 0:
+        os.chown(path, uid, uid)
+    return path, uid
+
+
+def scratch_dir(ctx: ToolContext) -> Path:
+    """This session's working directory for shell commands."""
+    return prepare_scratch(session_key(ctx.session_id))[0]
+
+
+def _open_up(path: str) -> None:
+    """chmod 0700 the directory `path`, never what a symlink put in its place points to."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY)
+        try:
+            os.chmod(f"/proc/self/fd/{fd}", 0o700)
+        finally:
+            os.close(fd)
+
+
+def _force_rmtree(path: Path) -> None:
+    """rmtree (which never follows symlinks); not as root, first open to their owner (us) the
+    directories a command closed with chmod 000."""
+    if not path.is_dir() or path.is_symlink():
+        return
+    if os.geteuid() != 0:
+        _open_up(str(path))
+        for parent, dirs, _files in os.walk(path):
+            for name in dirs:
+                _open_up(os.path.join(parent, name))
+    shutil.rmtree(path, ignore_errors=True)
+
+
 def remove_scratch(key: str) -> None:
-    """Remove the scratch directory of session `key` (the session was deleted, or its actor
-    exits); nothing to do when it never ran a command."""
+    """Remove the scratch directory of session `key` and free its uid (the session was deleted,
+    or its actor exits); nothing to do when it never ran a command."""
     with contextlib.suppress(ValueError):
-        shutil.rmtree(scratch_path(key), ignore_errors=True)
+        _force_rmtree(scratch_path(key))
+        _release_uid(key)
 
 
 def cleanup(ctx: ToolContext) -> None:
@@ -100,46 +205,148 @@ def minimal_path() -> str:
                     if d not in ours and not os.path.exists(os.path.join(d, "ray")))
 
 
-def hidden_paths(settings: Settings) -> list[str]:
-    """Directories the commands must not see: our data, the SQLite store's, Ray's temp dir."""
+def protected_paths(settings: Settings) -> list[str]:
+    """Our data, the SQLite store's directory, Ray's temp dir: never in the view. They are not
+    under what the sandbox binds on any sane setup; if one is, it is covered as well."""
     paths = [settings.data]
     if "://" not in settings.db_url:
         paths.append(Path(settings.db_url).expanduser().resolve().parent)
     paths.append(Path(tempfile.gettempdir()) / "ray")
-    seen: list[str] = []
-    for path in paths:
-        if path.is_dir() and str(path) not in seen and path.resolve() != Path("/"):
-            seen.append(str(path.resolve()))
-    return seen
+    return sorted({str(p.resolve()) for p in paths if p.is_dir()})
 
 
-def sandbox_argv(argv: list[str], key: str, hide: list[str]) -> list[str]:
-    """`argv` wrapped in fresh mount, PID and network namespaces, with `hide` covered, and
-    (as root) as the session's own unprivileged uid."""
-    unshare = shutil.which("unshare") or "/usr/bin/unshare"
-    outer = [unshare, "--mount", "--pid", "--fork", "--mount-proc", "--net", "--kill-child"]
-    if os.geteuid() == 0:
-        uid = str(sandbox_uid(key))
-        inner = [shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}",
-                 f"--regid={uid}", "--clear-groups", "--no-new-privs", "--inh-caps=-all",
-                 "--bounding-set=-all", "--"]
-    else:
-        outer[1:1] = ["--user", "--map-root-user"]
-        inner = []
-    return [*outer, "--", "/bin/sh", "-c", _WRAPPER, "sh", *hide, "--", *inner, *argv]
+def _bound_sources() -> list[tuple[str, str]]:
+    """(host path, sandbox path) of the read-only system view, plus the links for merged /usr."""
+    binds: list[tuple[str, str]] = []
+    for d in _SYSTEM_DIRS:
+        if os.path.islink(d):
+            binds.append(("symlink", d))
+        elif os.path.isdir(d):
+            binds.append((d, d))
+    for name in _ETC:
+        path = f"/etc/{name}"
+        if os.path.exists(path):
+            binds.append((path, path))
+    return binds
+
+
+def _closed_to_others(path: Path) -> Path | None:
+    """The first directory above `path` that other users may not enter (as root, bwrap runs as
+    the sandbox's uid and must reach the scratch directory), or None."""
+    for parent in reversed(path.parents):
+        with contextlib.suppress(OSError):
+            if not parent.stat().st_mode & 0o001:
+                return parent
+    return None
+
+
+def _find_tool(name: str) -> str | None:
+    return shutil.which(name, path=os.pathsep.join(_TOOL_DIRS))
+
+
+_PASSWD = ("root:x:0:0:root:/nonexistent:/usr/sbin/nologin\n"
+           "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+           "sandbox:x:{uid}:{uid}:llmcam shell:{home}:/bin/bash\n")
+_GROUP = "root:x:0:\nnogroup:x:65534:\nsandbox:x:{uid}:\n"
+
+
+def sandbox_argv(argv: list[str], uid: int, scratch: Path | None, *, passwd_fd: int,
+                 group_fd: int, protect: Sequence[str] = (), bwrap: str = "bwrap",
+                 prlimit: str = "/usr/bin/prlimit", features: frozenset[str] = frozenset(
+                     {"--size", "--perms", "--disable-userns"})) -> list[str]:
+    """`argv` inside bwrap: see the module's docstring. `scratch` (None: a tmpfs) is the
+    working directory; `passwd_fd`/`group_fd` are read for /etc/passwd and /etc/group."""
+    out = [bwrap, "--unshare-user", "--uid", str(uid), "--gid", str(uid), "--unshare-pid",
+           "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+           "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
+    if "--disable-userns" in features:
+        out.append("--disable-userns")
+    for src, dest in _bound_sources():
+        if src == "symlink":
+            out += ["--symlink", os.readlink(dest), dest]
+        else:
+            out += ["--ro-bind", src, dest]
+    perms = ["--perms", "0444"] if "--perms" in features else []
+    out += [*perms, "--ro-bind-data", str(passwd_fd), "/etc/passwd",
+            *perms, "--ro-bind-data", str(group_fd), "/etc/group",
+            "--dev", "/dev", "--proc", "/proc"]
+    for dest, size in TMPFS.items():
+        if "--perms" in features:
+            out += ["--perms", "1777"]
+        if "--size" in features:
+            out += ["--size", str(size)]
+        out += ["--tmpfs", dest]
+    binds = [dest for src, dest in _bound_sources() if src != "symlink"]
+    for path in protect:  # belt and braces: only if an operator put them under /usr or so
+        if any(path == b or path.startswith(b.rstrip("/") + "/") for b in binds):
+            out += ["--perms", "0000", "--tmpfs", path] if "--perms" in features else [
+                "--tmpfs", path]
+    home = str(scratch) if scratch is not None else "/tmp"
+    if scratch is not None:
+        out += ["--bind", home, home]
+    out += ["--chdir", home, "--clearenv"]
+    env = {"PATH": minimal_path(), "HOME": home, "PWD": home, "LANG": "C.UTF-8", "TERM": "dumb",
+            "TMPDIR": "/tmp", "USER": "sandbox", "LOGNAME": "sandbox"}
+    for name, value in env.items():
+        out += ["--setenv", name, value]
+    limits = [f"--{name}={value}" for name, value in LIMITS.items()]
+    return [*out, "--", prlimit, *limits, "--", *argv]
 
 
 _sandbox_error: str | None = None
 _sandbox_checked = False
+_features: frozenset[str] = frozenset()
 
 
-async def sandbox_problem(cwd: Path) -> str | None:
-    """Why the sandbox cannot be made on this machine (checked once per process), or None."""
-    global _sandbox_checked, _sandbox_error
+def _unavailable(why: str) -> str:
+    return ("The shell is unavailable: its sandbox (bubblewrap) cannot run on this machine, so "
+            f"nothing was run: {why}")
+
+
+async def _spawn_sandboxed(argv: list[str], uid: int, scratch: Path | None, home: str,
+                           protect: Sequence[str], timeout: float) -> tuple[int | None, str]:
+    """Run `argv` in the sandbox as `uid` (bwrap itself too, when we are root)."""
+    bwrap, prlimit, setpriv = _find_tool("bwrap"), _find_tool("prlimit"), _find_tool("setpriv")
+    if bwrap is None or prlimit is None or (os.geteuid() == 0 and setpriv is None):
+        return 127, "bwrap, prlimit or setpriv is not installed"
+    fds = []
+    try:
+        for text in (_PASSWD.format(uid=uid, home=home), _GROUP.format(uid=uid)):
+            read, write = os.pipe()
+            fds.append(read)
+            os.write(write, text.encode())
+            os.close(write)
+        full = sandbox_argv(argv, uid, scratch, passwd_fd=fds[0], group_fd=fds[1],
+                            protect=protect, bwrap=bwrap, prlimit=prlimit, features=_features)
+        if os.geteuid() == 0:  # never root outside the namespace either (setpriv, not Popen's
+            # user=: Ray's event loop, uvloop, has no such argument)
+            full = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--", *full]
+        return await run_command(full, Path("/"), timeout=timeout,
+                                 env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+                                 pass_fds=fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+async def sandbox_problem() -> str | None:
+    """Why the sandbox cannot run on this machine (checked once per process by running `true`
+    in it: missing bwrap, no user namespaces for unprivileged users...), or None."""
+    global _sandbox_checked, _sandbox_error, _features
     if not _sandbox_checked:
-        code, output = await run_command(sandbox_argv(["true"], "0" * 32, []), cwd, timeout=10)
-        if code != 0:
-            _sandbox_error = output.strip()[:300] or f"exit code {code}"
+        bwrap = _find_tool("bwrap")
+        if bwrap is None:
+            _sandbox_error = "bwrap is not installed (Debian package bubblewrap)"
+        elif _find_tool("prlimit") is None or _find_tool("setpriv") is None:
+            _sandbox_error = "prlimit or setpriv is not installed (Debian package util-linux)"
+        else:
+            _, usage = await run_command([bwrap, "--help"], Path("/"), timeout=10)
+            _features = frozenset(re.findall(r"--[a-z-]+", usage))
+            code, output = await _spawn_sandboxed(["true"], PROBE_UID, None, "/tmp", [], 10)
+            if code is None:  # a loaded machine, not an answer: ask again next time
+                return "the check (bwrap running `true`) timed out"
+            if code != 0:
+                _sandbox_error = output.strip()[:300] or f"exit code {code}"
         _sandbox_checked = True
     return _sandbox_error
 
@@ -154,16 +361,18 @@ def argv_for(command: str) -> list[str]:
 
 
 async def run_command(argv: list[str], cwd: Path, timeout: float = TIMEOUT_S,
-                      cap: int = OUTPUT_CAP) -> tuple[int | None, str]:
-    """(exit code, or None on timeout; stdout and stderr interleaved, at most `cap` chars)."""
-    # built from nothing: the server's environment (API keys, LLMCAM_*, RAY_*) never leaks in
-    env = {"PATH": minimal_path(), "HOME": str(cwd), "LANG": "C.UTF-8", "TERM": "dumb",
-           "PWD": str(cwd)}
+                      cap: int = OUTPUT_CAP, env: dict[str, str] | None = None,
+                      **popen: Any) -> tuple[int | None, str]:
+    """(exit code, or None on timeout; stdout and stderr interleaved, at most `cap` chars).
+    On timeout the whole process group is killed."""
+    if env is None:  # built from nothing: the server's environment never leaks in
+        env = {"PATH": minimal_path(), "HOME": str(cwd), "LANG": "C.UTF-8", "TERM": "dumb",
+               "PWD": str(cwd)}
     try:
         process = await asyncio.create_subprocess_exec(
             *argv, cwd=cwd, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            start_new_session=True)
+            start_new_session=True, **popen)
     except FileNotFoundError:
         return 127, f"{argv[0]}: command not found"
     except PermissionError:
@@ -186,13 +395,37 @@ async def run_command(argv: list[str], cwd: Path, timeout: float = TIMEOUT_S,
         code = process.returncode
     except TimeoutError:
         code = None
-        with contextlib.suppress(ProcessLookupError):
+        # bwrap leads the group; its sandbox (--die-with-parent, PID namespace) dies with it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
     text = kept.decode("utf-8", errors="replace")
     if dropped:
         text += f"\n[output truncated: {dropped} more bytes]"
     return code, text
+
+
+async def run_sandboxed(command: str, key: str, *, protect: Sequence[str] = (),
+                        timeout: float = TIMEOUT_S) -> str:
+    """Run `command` for session `key` in its sandbox; the tool's answer (output, exit code)."""
+    problem = await sandbox_problem()
+    if problem is not None:
+        return _unavailable(problem)
+    words = argv_for(command)
+    if "/" not in words[0] and shutil.which(words[0], path=minimal_path()) is None:
+        return f"{words[0]}: command not found\n[exit code 127]"
+    with contextlib.suppress(FileNotFoundError):
+        if (owner := SCRATCH_ROOT.lstat()).st_uid != os.geteuid() or SCRATCH_ROOT.is_symlink():
+            return _unavailable(f"{SCRATCH_ROOT} belongs to uid {owner.st_uid}, not to us")
+    if os.geteuid() == 0 and (closed := _closed_to_others(SCRATCH_ROOT)) is not None:
+        return _unavailable(f"{closed} is closed to other users, so the sandbox's uid cannot "
+                            f"reach its scratch directory under {SCRATCH_ROOT} (set TMPDIR)")
+    scratch, uid = prepare_scratch(key)
+    code, output = await _spawn_sandboxed(words, uid, scratch, str(scratch), list(protect),
+                                          timeout)
+    if code is None:
+        return f"{output}\n[timed out after {timeout:.0f} s; the command was killed]"
+    return f"{output}\n[exit code {code}]" if output else f"[exit code {code}]"
 
 
 async def execute_bash_command(
@@ -203,16 +436,5 @@ async def execute_bash_command(
     code."""
     if not ctx.settings.enable_shell:
         return "The shell is disabled on this server (LLMCAM_ENABLE_SHELL is off)."
-    cwd = scratch_dir(ctx)
-    problem = await sandbox_problem(cwd)
-    if problem is not None:
-        return ("The shell is unavailable: its sandbox (unshare: mount, PID and network "
-                f"namespaces) cannot be made on this machine: {problem}")
-    words = argv_for(command)
-    if "/" not in words[0] and shutil.which(words[0], path=minimal_path()) is None:
-        return f"{words[0]}: command not found\n[exit code 127]"
-    argv = sandbox_argv(words, session_key(ctx.session_id), hidden_paths(ctx.settings))
-    code, output = await run_command(argv, cwd)
-    if code is None:
-        return f"{output}\n[timed out after {TIMEOUT_S:.0f} s; the command was killed]"
-    return f"{output}\n[exit code {code}]" if output else f"[exit code {code}]"
+    return await run_sandboxed(command, session_key(ctx.session_id),
+                               protect=protected_paths(ctx.settings))
