@@ -405,7 +405,7 @@ def _image_header(data: bytes) -> tuple[str, int, int]:
 
     Image.MAX_IMAGE_PIXELS = None  # the caller checks the size, with a clearer message
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with Image.open(io.BytesIO(data), formats=["JPEG", "PNG", "WEBP", "GIF"]) as image:
             return image.format or "", image.size[0], image.size[1]
     except Exception:
         raise DetectionError("the data is not an image") from None

@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from actors.netproxy import GuardedProxy
 
 MAX_WIDTH, MAX_HEIGHT = 1280, 720  # captures and detector input are stored at most this big
-MAX_PIXELS = 50_000_000  # a bigger image is refused before it is decoded
+# What an image a tool fetches may be (API.md): only these Pillow decoders ever see its bytes,
+# and OpenCV decodes only what Pillow recognised as one of them (their signatures are disjoint).
+IMAGE_FORMATS = ["JPEG", "PNG", "WEBP", "GIF"]
+MAX_PIXELS = 16_000_000  # an image decoded whole: a bigger one is refused from its header
+# A JPEG is decoded reduced (1/2, 1/4 or 1/8, by libjpeg) to no less than the size that is kept,
+# so a bigger one is accepted as long as what is decoded stays within MAX_PIXELS.
+MAX_JPEG_PIXELS = 50_000_000
 JPEG_QUALITY = 90
 SOCKET_TIMEOUT_S = 10.0  # yt-dlp and OpenCV: a stream server that stops answering
 PROBE_LIMIT = 3  # unlabelled formats opened to learn their size
@@ -340,11 +346,30 @@ def _downscale(cv2: Any, image: Any, max_w: int, max_h: int) -> Any:
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
+def jpeg_reduction(width: int, height: int, max_w: int, max_h: int) -> int:
+    """The largest of 1, 2, 4, 8 by which a width x height JPEG can be decoded smaller and still
+    be no smaller than the at most max_w x max_h image `_downscale` makes of it (the box turns
+    with the image, so an EXIF rotation after decoding does not change this)."""
+    box_w, box_h = (max_w, max_h) if width >= height else (max_h, max_w)
+    over = max(width / box_w, height / box_h)
+    return next((f for f in (8, 4, 2) if f <= over), 1)
+
+
+def pixel_limit(kind: str, width: int, height: int, max_w: int, max_h: int) -> tuple[int, int]:
+    """(pixels accepted for this image, the factor it is decoded reduced by)."""
+    if kind != "JPEG":
+        return MAX_PIXELS, 1
+    factor = jpeg_reduction(width, height, max_w, max_h)
+    decoded = -(-width // factor) * -(-height // factor)
+    return (MAX_JPEG_PIXELS if decoded <= MAX_PIXELS else MAX_PIXELS), factor
+
+
 @ray.remote(num_cpus=0.5, max_retries=0)
 def to_jpeg(data: bytes, max_w: int = MAX_WIDTH, max_h: int = MAX_HEIGHT,
             quality: int = JPEG_QUALITY) -> dict[str, Any]:
-    """Check that the bytes are an image of a sane size, and make a JPEG of at most max_w x
-    max_h from it (the header is read first: a huge image is refused before decoding)."""
+    """Check that the bytes are a JPEG, PNG, WebP or GIF image of a sane size, and make a JPEG of
+    at most max_w x max_h from it (the header is read first: anything else, and a huge image,
+    is refused before decoding; a big JPEG is decoded reduced)."""
     import io
 
     _quiet_opencv()
@@ -354,20 +379,28 @@ def to_jpeg(data: bytes, max_w: int = MAX_WIDTH, max_h: int = MAX_HEIGHT,
 
     Image.MAX_IMAGE_PIXELS = None  # the size is checked below, with a clearer message
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        # Only the accepted formats' parsers see the bytes: never EPS (Ghostscript), TIFF, ...
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as probe:
             width, height = probe.size
-            kind = probe.format or "image"
+            # a JPEG with a second picture (phones' depth maps) is opened as MPO: still a JPEG
+            kind = "JPEG" if probe.format == "MPO" else probe.format or "image"
     except Exception:
         head = data[:16]
-        raise NotAnImage(f"the data is not an image ({len(data)} bytes starting {head!r})")\
-            from None
-    if width * height > MAX_PIXELS:
+        raise NotAnImage(f"the data is not an image ({len(data)} bytes starting {head!r}); "
+                         "JPEG, PNG, WebP and GIF images are accepted") from None
+    if kind not in IMAGE_FORMATS:  # a plugin that registered itself under another name
+        raise NotAnImage(f"the data is not an image that is accepted ({kind}); JPEG, PNG, "
+                         "WebP and GIF images are")
+    limit, factor = pixel_limit(kind, width, height, max_w, max_h)
+    if width * height > limit:
         raise ImageTooLarge(f"the image is {width}x{height} pixels; images up to "
-                            f"{MAX_PIXELS // 1_000_000} megapixels are accepted")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:  # formats OpenCV does not read (GIF, ...): PIL decodes them
+                            f"{limit // 1_000_000} megapixels are accepted")
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
+             8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if image is None:  # formats this OpenCV does not read (GIF, ...): PIL decodes them
         try:
-            with Image.open(io.BytesIO(data)) as pil:
+            with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as pil:
                 rgb = np.asarray(pil.convert("RGB"))
         except Exception:
             raise NotAnImage(f"the {kind} image could not be decoded (truncated or corrupt)")\
