@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from actors.confirm import DECLINED, Confirmations
 from actors.context_window import Sizes, fit
 from actors.errors import LLMFailed
 from actors.llm import LLM, call_usage
@@ -106,7 +107,8 @@ async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
                    tools: Callable[[], list[Tool]], ctx: Any,
                    max_rounds: int = 10, *, max_tool_calls: int = 8,
                    schemas: SchemaCache | None = None,
-                   max_context_tokens: int | None = None) -> AsyncIterator[Event]:
+                   max_context_tokens: int | None = None,
+                   confirmations: Confirmations | None = None) -> AsyncIterator[Event]:
     """Continue the conversation in `history` (which ends with the user's message).
 
     One way: each message the turn adds is yielded as a `messages` event before anything
@@ -123,7 +125,8 @@ async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
 
     With `max_context_tokens` (None or 0: no limit) each call carries
     `context_window.fit(history, max_context_tokens, schemas)`: the oldest turns are left out
-    of the request, `history` keeps everything."""
+    of the request, `history` keeps everything. With `confirmations`, a call of a tool that
+    needs the user's consent is announced as a `confirm` event and runs only once allowed."""
     schemas = schemas or SchemaCache()
     sizes: Sizes = {}  # each message's estimate, once per turn (history only grows)
     rounds = 0
@@ -154,7 +157,8 @@ async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
                 yield event("done", reply=message.get("content") or "")
                 return
             record("tool_calls", len(calls))
-            async for item in _run_calls(calls, toolset, ctx, history, max_tool_calls):
+            async for item in _run_calls(calls, toolset, ctx, history, max_tool_calls,
+                                         confirmations):
                 yield item
     finally:
         record("turn_rounds", rounds)
@@ -165,17 +169,33 @@ async def run_turn(llm: LLM, model: str, history: list[dict[str, Any]],
 
 
 async def _run_calls(calls: list[dict[str, Any]], toolset: dict[str, Tool], ctx: Any,
-                     history: list[dict[str, Any]], max_tool_calls: int) -> AsyncIterator[Event]:
-    """One round's tool calls: announced, run together, journaled, then their results."""
+                     history: list[dict[str, Any]], max_tool_calls: int,
+                     confirmations: Confirmations | None = None) -> AsyncIterator[Event]:
+    """One round's tool calls: announced, confirmed where they must be (one at a time), run
+    together, journaled, then their results."""
     for call in calls:
         yield event("tool_call", name=call["function"]["name"],
                     arguments=call["function"]["arguments"])
+    declined: set[str] = set()
+    for call in calls[:max_tool_calls]:
+        name = call["function"]["name"]
+        if confirmations is None or not confirmations.needed(name) or name not in toolset:
+            continue
+        answer = confirmations.ask(call["id"])
+        yield event("confirm", call_id=call["id"], name=name,
+                    arguments=call["function"]["arguments"])
+        if not await confirmations.wait(call["id"], answer):
+            declined.add(call["id"])
+
+    async def run(call: dict[str, Any]) -> str:
+        if call["id"] in declined:
+            return DECLINED
+        name = call["function"]["name"]
+        return await run_tool(toolset.get(name), name, call["function"]["arguments"], ctx)
+
     refused = [f"Error: not run: one message may call at most {max_tool_calls} tools at "
                "once; call the rest in a later message." for _ in calls[max_tool_calls:]]
-    results = [*await asyncio.gather(*(
-        run_tool(toolset.get(c["function"]["name"]), c["function"]["name"],
-                 c["function"]["arguments"], ctx) for c in calls[:max_tool_calls])),
-               *refused]
+    results = [*await asyncio.gather(*(run(c) for c in calls[:max_tool_calls])), *refused]
     replies = [{"role": "tool", "tool_call_id": c["id"], "content": r}
                for c, r in zip(calls, results, strict=True)]
     yield event("messages", messages=replies)

@@ -27,6 +27,7 @@ import ray
 
 from actors._ray import release_memory
 from actors.chat import SchemaCache, event, repair, run_turn
+from actors.confirm import Confirmations
 from actors.context import ToolContext, Web
 from actors.errors import LLMFailed, NotFound, Passivating, SessionGone
 from actors.events import EventHub
@@ -73,6 +74,7 @@ class SessionActor:
         self._last_used = time.monotonic()
         self._reported = 0.0
         self._turn: TurnLog | None = None
+        self._confirmations = Confirmations(settings.confirm_tools, settings.confirm_seconds)
         self._registry: Any = None
         if not spare:
             self._load()
@@ -327,7 +329,8 @@ class SessionActor:
                                        self._settings.max_rounds,
                                        max_tool_calls=self._settings.max_tool_calls,
                                        schemas=self._schemas,
-                                       max_context_tokens=self._settings.max_context_tokens):
+                                       max_context_tokens=self._settings.max_context_tokens,
+                                       confirmations=self._confirmations):
                 if item["event"] == "messages":  # journaled before the turn goes on
                     await journal(item["data"]["messages"])
                     continue
@@ -420,6 +423,13 @@ class SessionActor:
             async for item in turn.follow():
                 if item["event"] != "moved":
                     yield item
+
+    async def confirm_call(self, call_id: str, allow: bool) -> None:
+        """The user's answer to a `confirm` of the turn in flight; NotFound when no such call
+        waits."""
+        with self._active():
+            if not self._confirmations.answer(call_id, allow):
+                raise NotFound(call_id)
 
     async def stop_turn(self) -> bool:
         """Stop the turn in flight (True), or say there is none (False)."""

@@ -66,6 +66,14 @@ class PostMessage(BaseModel):
     content: str = Field(min_length=1, max_length=32000)
 
 
+class Confirm(BaseModel):
+    """The user's answer to a `confirm` event of the turn in flight."""
+
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Field(min_length=1, max_length=200)
+    allow: bool
+
+
 class Reply(BaseModel):
     reply: str
     messages: list[Message]

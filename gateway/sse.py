@@ -10,7 +10,7 @@ HIDDEN = {"status", "messages"}  # for the JSON answer and the error map, not fo
 
 def sse_event(item: dict[str, Any]) -> dict[str, str] | None:
     """One SSE event for an actor's turn event (None for internal ones)."""
-    if item["event"] not in ("token", "tool_call", "tool_result", "done", "error"):
+    if item["event"] not in ("token", "tool_call", "confirm", "tool_result", "done", "error"):
         return None
     data = {k: v for k, v in item["data"].items() if k not in HIDDEN}
     return {"event": item["event"], "data": json.dumps(data)}

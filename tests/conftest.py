@@ -85,6 +85,7 @@ def make_settings(tmp: Path, llm: OpenAIServer, **overrides: object) -> Settings
         # every test client is 127.0.0.1: per-user limits high, unless a test is about them
         "rate_sessions": 100_000, "rate_turns": 100_000, "user_live_sessions": 10_000,
         "user_listeners": 10_000, "user_streams": 10_000, "min_stream_interval": 1,
+        "confirm_tools": [],  # tests/test_confirm.py is about confirming
     }
     values.update(overrides)
     return Settings(**values)
@@ -154,7 +155,8 @@ class ServeProcess:
                "OPENAI_BASE_URL": settings.openai_base_url or "", "OPENAI_API_KEY": "test-key",
                "LLMCAM_MODEL": settings.model, "LLMCAM_YOLO_MODEL": settings.yolo_model,
                "LLMCAM_DETECTOR_GPUS": "0", "LLMCAM_RATE_SESSIONS": "100000",
-               "LLMCAM_RATE_TURNS": "100000", "LLMCAM_USER_LIVE_SESSIONS": "10000"}
+               "LLMCAM_RATE_TURNS": "100000", "LLMCAM_USER_LIVE_SESSIONS": "10000",
+               "LLMCAM_CONFIRM_TOOLS": ""}
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)],

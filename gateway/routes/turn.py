@@ -16,9 +16,10 @@ import ray
 from fastapi import APIRouter, HTTPException, Response
 from sse_starlette import EventSourceResponse
 
+from actors.errors import NotFound
 from gateway.deps import ListenersDep, SessionsDep
 from gateway.listeners import Listeners
-from gateway.models import Problem
+from gateway.models import Confirm, Problem
 from gateway.sse import sse_event
 
 router = APIRouter(prefix="/api/sessions/{sid}/turn", tags=["chat"])
@@ -64,6 +65,17 @@ async def stop_turn(sid: str, sessions: SessionsDep) -> Response:
     """Stop the turn in flight: what the assistant said so far is kept, marked as stopped."""
     if not await sessions.call(sid, lambda h: h.stop_turn.remote()):
         raise HTTPException(404, NO_TURN)
+    return Response(status_code=204)
+
+
+@router.post("/confirm", status_code=204,
+             responses={404: {"model": Problem, "description": "no such call waits"}})
+async def confirm_call(sid: str, body: Confirm, sessions: SessionsDep) -> Response:
+    """Allow or decline a tool call the turn in flight waits on (its `confirm` event)."""
+    try:
+        await sessions.call(sid, lambda h: h.confirm_call.remote(body.call_id, body.allow))
+    except NotFound as exc:
+        raise HTTPException(404, "no tool call with that call_id waits for an answer") from exc
     return Response(status_code=204)
 
 
