@@ -423,3 +423,13 @@ class Profiler:
                 proc.wait(10)
             out.append(summarize_profile(label, path))
         return out
+
+
+# The per-user limits high enough never to refuse a benchmark's one client address, and no
+# confirmation asked (a benchmark measures the system, not its bounds); the checks still run.
+UNBOUNDED_ENV = {
+    "LLMCAM_RATE_SESSIONS": "10000000", "LLMCAM_RATE_TURNS": "10000000",
+    "LLMCAM_USER_LIVE_SESSIONS": "1000000", "LLMCAM_USER_LISTENERS": "1000000",
+    "LLMCAM_USER_STREAMS": "1000000", "LLMCAM_MIN_STREAM_INTERVAL": "1",
+    "LLMCAM_CONFIRM_TOOLS": "",
+}

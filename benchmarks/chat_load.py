@@ -51,6 +51,7 @@ import psutil
 
 from benchmarks._harness import (
     MB,
+    UNBOUNDED_ENV,
     CpuMeter,
     Profile,
     Profiler,
@@ -615,7 +616,8 @@ def main(argv: list[str] | None = None) -> int:
             (tmp / "rt").mkdir()
             gw_env = {**common, "LLMCAM_DATA": str(tmp / "data"),
                       "RAY_TMPDIR": str(tmp / "rt"),  # its Ray's files go with the temp dir
-                      "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "LLMCAM_DETECTOR_GPUS": "0"}
+                      "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "LLMCAM_DETECTOR_GPUS": "0",
+                      **UNBOUNDED_ENV}
             gw_env.pop("RAY_ADDRESS", None)
             gw_env.update(item.split("=", 1) for item in args.gateway_env)
             argv_gw = [str(ROOT / ".venv" / "bin" / "llmcam"), "serve"]

@@ -59,6 +59,7 @@ from typing import Any
 import httpx
 import psutil
 
+from benchmarks._harness import UNBOUNDED_ENV
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from testing.standins.openai_server import message_text
 
@@ -699,7 +700,7 @@ def main() -> int:
                    "LLMCAM_DATA": str(tmp / "data"), "LLMCAM_MODEL": "bench-model",
                    "LLMCAM_NOTIFY_INTERVAL": str(args.interval),
                    "LLMCAM_SPARE_SESSIONS": str(args.spare_sessions),
-                   "LLMCAM_DETECTOR_GPUS": "0", "RAY_TMPDIR": str(tmp),
+                   "LLMCAM_DETECTOR_GPUS": "0", "RAY_TMPDIR": str(tmp), **UNBOUNDED_ENV,
                    "PYTHONPATH": str(ROOT)}
             env.pop("RAY_ADDRESS", None)
             for attempt in (1, 2):  # a loaded machine can fail Ray's own start-up once

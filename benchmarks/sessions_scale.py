@@ -52,6 +52,7 @@ from typing import Any
 
 import httpx
 import psutil
+from _harness import UNBOUNDED_ENV
 from chat_load import Server, log_problems, machine, pct
 
 from actors.names import session_key
@@ -1021,7 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
             common = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "x",
                       "LLMCAM_MODEL": "m", "PYTHONPATH": str(ROOT),
                       "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "LLMCAM_DETECTOR_GPUS": "0",
-                      "LLMCAM_DETECTOR_REPLICAS": "1"}
+                      "LLMCAM_DETECTOR_REPLICAS": "1", **UNBOUNDED_ENV}
             common.pop("RAY_ADDRESS", None)
             common.pop("LLMCAM_DB", None)
             log("baseline: warm latency")
