@@ -42,3 +42,25 @@ def test_session_figures_are_in_rays_metrics(gateway: Gateway, fresh_llm) -> Non
         assert time.monotonic() < deadline, f"no session metrics exported yet: {sorted(names)}"
         time.sleep(1)
     assert "ray_llmcam_sessions_stored" in text
+
+
+def test_tokens_and_refusals_are_in_rays_metrics(ray_address: str, llm,
+                                                 tmp_path) -> None:
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, llm, spare_sessions=0, rate_turns=1)
+    with Gateway(settings) as gw, gw.client(headers={"X-Forwarded-For": "10.9.8.7"}) as c:
+        # (the peer is a trusted proxy: the limit counts for the address it names)
+        sid = new_session(c)
+        assert c.post(f"/api/sessions/{sid}/messages", json={"content": "hi"}).is_success
+        assert c.post(f"/api/sessions/{sid}/messages",
+                      json={"content": "again"}).status_code == 429
+    deadline = time.monotonic() + 60
+    while True:
+        text = scrape()
+        if (value(text, "ray_llmcam_llm_tokens", kind="prompt") >= 1
+                and value(text, "ray_llmcam_llm_tokens", kind="completion") >= 1
+                and value(text, "ray_llmcam_limited", limit="LLMCAM_RATE_TURNS") >= 1):
+            break
+        assert time.monotonic() < deadline, "no token or limit metrics exported yet"
+        time.sleep(1)
