@@ -2,8 +2,12 @@
 
 The real OpenAI client (and its ~20 MB of types) lives in a few LLMClient actors per cluster,
 not in every session actor: a session asks one of them for a streamed completion and reads it
-as a Ray streaming generator. Clients are named by a digest of the server they talk to, so
-gateways with other settings get their own.
+as a Ray streaming generator. Clients are named by a digest of the server's address only (see
+`client_name`); each call brings its own API key, so gateways with other keys share them safely.
+
+Whatever fails there reaches the session (and so the user, the logs and the store) as our own
+summary of the failure's status and kind (`failure`), never the LLM server's text: an OpenAI 401
+quotes part of the API key, and a server may say anything.
 
 Each item that crosses Ray costs CPU on both sides, so the client sends deltas in chunks: the
 first at once (the page shows the first token promptly), then whatever arrived within
@@ -21,8 +25,10 @@ import hashlib
 import inspect
 import json
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import ray
 
@@ -33,7 +39,79 @@ from actors.names import NAMESPACE
 from actors.settings import Settings
 
 Chunk = dict[str, Any]
+Server = tuple[str | None, str]  # (base URL, API key): what one call goes to, and as whom
 FLUSH_S = 0.015  # deltas that arrive within this long after the last chunk travel together
+CLIENTS = 8  # OpenAI clients one LLMClient keeps (one per server and key it was asked for)
+
+# Error codes an OpenAI-compatible server sends that we name in our own words. Only a code
+# equal to one of these selects a phrase: the server's text itself is never shown.
+_KINDS = {
+    "context_length_exceeded": "the conversation is too long for the model",
+    "insufficient_quota": "the account's quota is used up",
+    "model_not_found": "the model is unknown to the server",
+}
+
+
+def _kind(code: Any) -> str:
+    phrase = _KINDS.get(code) if isinstance(code, str) else None
+    return f": {phrase}" if phrase else ""
+
+
+def status_summary(status: int, code: Any = None) -> str:
+    """An HTTP error status of the LLM server (and its error code, where it is one we know) in
+    our own words."""
+    if status == 401:
+        summary = f"the LLM server refused the API key ({status})"
+    elif status == 403:
+        summary = f"the LLM server denied access ({status})"
+    elif status == 404:
+        summary = f"the LLM server does not know the model or the endpoint ({status})"
+    elif status == 408:
+        summary = f"the LLM server timed out ({status})"
+    elif status == 429:
+        summary = f"the LLM server is rate limiting ({status})"
+    elif 400 <= status < 500:
+        summary = f"the LLM server refused the request ({status})"
+    elif status >= 500:
+        summary = f"the LLM server failed ({status})"
+    else:
+        summary = f"the LLM server answered with status {status}"
+    return summary + _kind(code)
+
+
+def failure(exc: BaseException) -> str:
+    """What went wrong with a call to the LLM server, as its status and kind in our own words:
+    never the exception's message (the server's text, which may quote the API key)."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return "the LLM server timed out"
+    if isinstance(exc, openai.APIConnectionError):
+        return f"the LLM server could not be reached ({type(exc).__name__})"
+    if isinstance(exc, openai.APIStatusError):
+        return status_summary(exc.status_code, getattr(exc, "code", None))
+    if isinstance(exc, openai.APIError):
+        return f"the LLM server sent an answer that could not be read ({type(exc).__name__})"
+    if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
+        return "the LLM server timed out"
+    if isinstance(exc, ValueError):  # not JSON, or not shaped like a completion
+        return f"the LLM server sent an answer that could not be read ({type(exc).__name__})"
+    return f"the connection to the LLM server broke ({type(exc).__name__})"
+
+
+def in_band_failure(error: Any) -> str:
+    """An `{"error": ...}` the server sent inside a streamed answer, in our own words."""
+    status = None
+    code = None
+    if isinstance(error, dict):
+        code = error.get("code")
+        for value in (error.get("status"), error.get("code")):
+            if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+                status = int(value)
+                break
+    if status is not None and 100 <= status < 600:
+        return status_summary(status, code) + " in the middle of its answer"
+    return "the LLM server reported an error in the middle of its answer" + _kind(code)
 
 
 def delta_of(payload: dict[str, Any]) -> Chunk:
@@ -97,20 +175,33 @@ def merge(deltas: list[Chunk]) -> list[Chunk]:
 
 
 class LLMClient:
-    """One AsyncOpenAI client serving many sessions' completions concurrently."""
+    """AsyncOpenAI clients serving many sessions' completions concurrently: the one its
+    settings name, and one for each other (server, key) a call asks for (the few most recent)."""
 
     def __init__(self, settings: Settings) -> None:
-        import openai
-
-        self._errors = openai.APIError
-        self._client = openai.AsyncOpenAI(api_key=settings.openai_api_key or "not-set",
-                                          base_url=settings.openai_base_url, max_retries=1,
-                                          timeout=120)
+        self._default: Server = server_of(settings)
+        self._clients: OrderedDict[Server, Any] = OrderedDict()
+        self._client(None)  # the openai import and the client, before the first call
 
     def __repr__(self) -> str:
         return "LLMClient"
 
-    async def _deltas(self, request: dict[str, Any]) -> AsyncIterator[Chunk]:
+    def _client(self, server: Server | None) -> Any:
+        key: Server = (server[0], server[1]) if server else self._default
+        client = self._clients.get(key)
+        if client is None:
+            import openai
+
+            client = openai.AsyncOpenAI(api_key=key[1] or "not-set", base_url=key[0],
+                                        max_retries=1, timeout=120)
+            self._clients[key] = client
+            while len(self._clients) > CLIENTS:
+                self._clients.popitem(last=False)
+        self._clients.move_to_end(key)
+        return client
+
+    async def _deltas(self, request: dict[str, Any],
+                      server: Server | None = None) -> AsyncIterator[Chunk]:
         """The completion's deltas, read as raw server-sent events. The request goes as
         `extra_body` and the chunks are read as JSON: the client's own request transform and
         chunk models walk the whole history and every delta with typing introspection, which
@@ -121,7 +212,8 @@ class LLMClient:
         body = {k: v for k, v in request.items() if k != "model"}
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         usage: dict[str, int] | None = None
-        async with self._client.chat.completions.with_streaming_response.create(
+        client = self._client(server)
+        async with client.chat.completions.with_streaming_response.create(
                 model=request["model"], messages=[], stream=True, extra_body=body) as response:
             async for line in response.iter_lines():
                 if not line.startswith("data:"):
@@ -131,9 +223,7 @@ class LLMClient:
                     continue  # read to the end: the connection goes back to the pool
                 payload = json.loads(data)
                 if isinstance(payload, dict) and payload.get("error"):
-                    error = payload["error"]
-                    message = error.get("message") if isinstance(error, dict) else None
-                    yield {"error": f"the LLM backend failed: {message or error}"[:500]}
+                    yield {"error": in_band_failure(payload["error"])}  # not its message
                     return
                 if isinstance(payload, dict) and payload.get("usage"):
                     usage = usage_of(payload["usage"]) or usage  # the last one reported
@@ -143,9 +233,12 @@ class LLMClient:
         if usage is not None:
             yield {"usage": usage}
 
-    async def stream(self, request: dict[str, Any]) -> AsyncIterator[Chunk]:
+    async def stream(self, request: dict[str, Any],
+                     server: Server | None = None) -> AsyncIterator[Chunk]:
         """Chunks of one streamed completion: {"content"} / {"tool_calls"} / {"error"}, and
-        last, where the server reported it, {"usage": {"prompt_tokens", "completion_tokens"}}."""
+        last, where the server reported it, {"usage": {"prompt_tokens", "completion_tokens"}}.
+        `server`: (base URL, API key), else this actor's own settings'. An error is our
+        summary of the failure (`failure`), never the server's text."""
         pending: list[Chunk] = []
         arrived, flush = asyncio.Event(), asyncio.Event()
         ended = False
@@ -153,15 +246,13 @@ class LLMClient:
         async def read() -> None:
             nonlocal ended
             try:
-                async for delta in self._deltas(request):
+                async for delta in self._deltas(request, server):
                     pending.append(delta)
                     arrived.set()
                     if any(p["id"] for p in delta.get("tool_calls") or ()):
                         flush.set()  # a tool call starts: what came before goes now
-            except self._errors as exc:
-                pending.append({"error": f"the LLM backend failed: {exc.message}"[:500]})
-            except Exception as exc:  # the connection broke mid-stream
-                pending.append({"error": f"the LLM backend failed: {type(exc).__name__}"})
+            except Exception as exc:  # refused, unreachable, or broken off mid-stream
+                pending.append({"error": failure(exc)})
             finally:
                 ended = True
                 arrived.set()
@@ -188,16 +279,17 @@ class LLMClient:
         finally:
             reader.cancel()
 
-    async def complete(self, request: dict[str, Any]) -> Chunk:
+    async def complete(self, request: dict[str, Any], server: Server | None = None) -> Chunk:
         """One non-streamed completion: {"content", "usage"} (usage: {"prompt_tokens",
-        "completion_tokens"}, or None where the server reported none), or {"error"}."""
+        "completion_tokens"}, or None where the server reported none), or {"error"}: our
+        summary of the failure (`failure`), never the server's text."""
         try:
-            response = await self._client.chat.completions.create(**request)
-        except self._errors as exc:
-            return {"error": f"the LLM backend failed: {exc.message}"[:500]}
-        usage = response.usage
-        return {"content": response.choices[0].message.content or "",
-                "usage": usage_of(usage.model_dump()) if usage is not None else None}
+            response = await self._client(server).chat.completions.create(**request)
+            usage = response.usage
+            return {"content": response.choices[0].message.content or "",
+                    "usage": usage_of(usage.model_dump()) if usage is not None else None}
+        except Exception as exc:
+            return {"error": failure(exc)}
 
 
 LLMClientRemote = ray.remote(LLMClient)
@@ -206,9 +298,27 @@ RESTART_WAIT_S = 60.0  # a lost node is declared dead, then its actors restart e
 PROXIES = 2  # per cluster and server; each is one process that mostly waits on the network
 
 
+def server_of(settings: Settings) -> Server:
+    return (settings.openai_base_url, settings.openai_api_key or "")
+
+
 def client_name(settings: Settings, index: int) -> str:
-    digest = hashlib.sha256(f"{settings.openai_base_url}|{settings.openai_api_key}".encode())
-    return f"llm:{digest.hexdigest()[:12]}:{index}"
+    """The shared client actor for `settings`' LLM server: a digest of the server's address
+    (scheme, host, port and path: not a user, password or query the URL may carry) and the
+    index. Actor names show in Ray's logs, its dashboard and its state API, so the name is no
+    function of the API key at all, not even a hash (an unsalted one lets anyone who reads a
+    name check a guessed key). The key travels with each call instead (`Server`), so gateways
+    with different keys can share a cluster and a server (each call is made with its caller's
+    key), and a key that was changed takes effect with the next call, not when the detached
+    actor happens to be replaced."""
+    base = settings.openai_base_url or "https://api.openai.com/v1"
+    try:
+        parts = urlsplit(base)
+        address = f"{parts.scheme}://{parts.hostname or ''}:{parts.port or ''}{parts.path}"
+    except ValueError:  # not a URL the client could use either: one digest for all of those
+        address = "unparsable"
+    digest = hashlib.sha256(address.encode()).hexdigest()[:12]
+    return f"llm:{digest}:{index}"
 
 
 class LLM:
@@ -216,6 +326,7 @@ class LLM:
 
     def __init__(self, settings: Settings, spread: str) -> None:
         index = int(hashlib.sha256(spread.encode()).hexdigest(), 16) % PROXIES
+        self._server = server_of(settings)
         self._handle = LLMClientRemote.options(
             name=client_name(settings, index), namespace=NAMESPACE, lifetime="detached",
             get_if_exists=True, num_cpus=0, max_restarts=-1, max_task_retries=0,
@@ -229,7 +340,7 @@ class LLM:
         while True:
             started = False
             try:
-                async for ref in self._handle.stream.remote(request):
+                async for ref in self._handle.stream.remote(request, self._server):
                     chunk = await ref
                     if "error" in chunk:
                         raise LLMFailed(chunk["error"])
@@ -250,7 +361,7 @@ class LLM:
         deadline = time.monotonic() + RESTART_WAIT_S
         while True:
             try:
-                answer = await self._handle.complete.remote(request)
+                answer = await self._handle.complete.remote(request, self._server)
                 break
             except _DIED as exc:
                 if time.monotonic() > deadline:

@@ -2,7 +2,9 @@
 
 The document comes from the model, so it is untrusted: its size is bounded, its `$ref`s are
 expanded by actors/openapi_refs.py (local refs only, bounded), and `load_operations` is meant
-to run in a worker thread (`asyncio.to_thread`), never on a session actor's event loop.
+to run in a worker thread (`asyncio.to_thread`), never on a session actor's event loop. Its
+summaries and descriptions become the tools' (and parameters') descriptions the model reads:
+each is one line of plain text, at most `MAX_DESCRIPTION` characters (`describe`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ from actors.schema import Tool
 
 METHODS = ("get", "post", "put", "patch", "delete")
 MAX_RESULT = 16_000
+MAX_DESCRIPTION = 300  # characters of a tool's or a parameter's description
+# Control characters (C0, DEL, C1), and the invisible ones text can hide behind: zero-width
+# and bidirectional marks, line and paragraph separators, the byte-order mark.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 # OpenAPI-only keywords that are not JSON Schema: the OpenAI API would reject or ignore them.
 _DROP = {"example", "examples", "xml", "externalDocs", "discriminator", "readOnly", "writeOnly",
          "deprecated", "nullable", "x-nullable", "$schema", "$id", "title"}
@@ -27,12 +33,29 @@ _DROP = {"example", "examples", "xml", "externalDocs", "discriminator", "readOnl
 def _clean(node: Any, depth: int = 0) -> Any:
     if depth > 12:  # recursive schemas: cut them off rather than loop
         return {}
-    if isinstance(node, dict):
-        return {k: _clean(v, depth + 1) for k, v in node.items()
-                if k not in _DROP and not k.startswith("x-")}
+    if isinstance(node, dict):  # a schema's descriptions are the document's text, too
+        return {k: describe(v) if k == "description" and isinstance(v, str)
+                else _clean(v, depth + 1)
+                for k, v in node.items() if k not in _DROP and not k.startswith("x-")}
     if isinstance(node, list):
         return [_clean(v, depth + 1) for v in node]
     return node
+
+
+def describe(text: Any) -> str:
+    """A summary or description from the document as the model may read it: control and
+    invisible characters as spaces, runs of whitespace as one space, at most
+    `MAX_DESCRIPTION` characters (cut at a word where one ends near the limit, marked `…`)."""
+    if not isinstance(text, str):
+        return ""
+    clean = " ".join(_CONTROL.sub(" ", text).split())
+    if len(clean) <= MAX_DESCRIPTION:
+        return clean
+    cut = clean[:MAX_DESCRIPTION - 1]
+    space = cut.rfind(" ")
+    if space > MAX_DESCRIPTION * 3 // 4:
+        cut = cut[:space]
+    return cut.rstrip() + "…"
 
 
 def _tool_name(operation: dict[str, Any], method: str, path: str) -> str:
@@ -98,8 +121,10 @@ def operations(paths: dict[str, Any]) -> list[dict[str, Any]]:
                     continue
                 name = param["name"]
                 schema = _clean(copy.deepcopy(param.get("schema", {"type": "string"})))
-                if param.get("description"):
-                    schema["description"] = param["description"]
+                if not isinstance(schema, dict):
+                    schema = {}
+                if describe(param.get("description")):
+                    schema["description"] = describe(param["description"])
                 properties[name] = schema
                 where[name] = param["in"]
                 if param.get("required") or param["in"] == "path":
@@ -115,8 +140,8 @@ def operations(paths: dict[str, Any]) -> list[dict[str, Any]]:
             seen.add(name)
             ops.append({
                 "name": name, "method": method.upper(), "path": path, "where": where,
-                "description": (op.get("summary") or op.get("description")
-                                or f"{method.upper()} {path}")[:1000],
+                "description": (describe(op.get("summary")) or describe(op.get("description"))
+                                or describe(f"{method.upper()} {path}")),
                 "parameters": {"type": "object", "properties": properties,
                                "required": sorted(set(required))},
             })
@@ -152,4 +177,5 @@ def _operation_tool(service: str, base_url: str, op: dict[str, Any]) -> Tool:
         text = text_of(response, body)[:MAX_RESULT]
         return text if response.is_success else f"HTTP {response.status_code}: {text}"
 
-    return Tool(op["name"], op["description"], op["parameters"], run, service)
+    # describe() again: operations stored before descriptions were capped come back clean too
+    return Tool(op["name"], describe(op["description"]), op["parameters"], run, service)

@@ -22,7 +22,7 @@ from gateway.limits import BodyLimit
 from gateway.listeners import Listeners
 from gateway.quota import Quota
 from gateway.ray_conn import connect
-from gateway.routes import auth, chat, events, files, health, me, page, sessions, turn
+from gateway.routes import auth, chat, docs, events, files, health, me, page, sessions, turn
 from gateway.routes.page import STATIC
 from gateway.sessions import SessionClient
 
@@ -60,14 +60,16 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
             if started:
                 await asyncio.to_thread(ray.shutdown)
 
-    app = FastAPI(title="llmcam", version="0.1.0", lifespan=lifespan,
+    # /docs is ours (routes/docs.py: Swagger UI from this server, under the strict CSP); no ReDoc
+    app = FastAPI(title="llmcam", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None,
                   description="A multi-user camera chatbot: one Ray actor per browser session.")
     app.state.settings = settings
     app.state.identity = Identity(settings)
     # every /api request has a caller (401 without a user where users sign in)
     for module in (me, sessions, chat, turn, events, files):
         app.include_router(module.router, dependencies=[Depends(get_caller)])
-    for module in (health, page):
+    for module in (health, page, docs):
         app.include_router(module.router)
     auth.install(app, settings)  # /login, /auth/callback, /logout; the login-state cookie
     app.mount("/static", StaticFiles(directory=STATIC, check_dir=False), name="static")

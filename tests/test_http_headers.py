@@ -73,3 +73,25 @@ def test_listen_host_decides_the_default(gateway: Gateway) -> None:
     assert trusted_hosts(settings, "0.0.0.0") == ["*"]
     chosen = settings.model_copy(update={"trusted_hosts": ["chat.example"]})
     assert trusted_hosts(chosen, "127.0.0.1") == ["chat.example"]
+
+
+def test_docs_page_has_the_strict_csp(gateway: Gateway) -> None:
+    """/docs and its files get the one CSP every answer gets: no inline script, no CDN."""
+    import re
+
+    from gateway.security import CSP
+
+    with gateway.client() as c:
+        for path in ("/docs", "/docs/assets/swagger-ui-bundle.js", "/docs/assets/start.js",
+                     "/openapi.json"):
+            response = c.get(path)
+            assert response.status_code == 200, path
+            csp = response.headers["content-security-policy"]
+            assert csp == CSP, (path, csp)
+            assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+            assert "cdn" not in csp and "https:" not in csp
+            assert response.headers["x-frame-options"] == "DENY"
+        page = c.get("/docs").text
+        scripts = re.findall(r"<script\b[^>]*>", page)
+        assert scripts and all('src="/docs/assets/' in tag for tag in scripts), scripts
+        assert "cdn" not in page and "https://" not in page

@@ -24,6 +24,7 @@ const MAX_UPLOAD = 10 * 1024 * 1024;
 const IMAGE_TYPES = ['image/jpeg', 'image/png'];
 const FILE_NAME = /^[\w.-]+\.(?:jpe?g|png)$/i;
 const STOPPED_NOTE = '_(stopped)_';       // how the session marks a stopped reply in the history
+const DECLINED = 'The user declined this call.';  // a declined (or unanswered) call's result
 
 /* ---------- DOM helpers ---------- */
 
@@ -302,6 +303,76 @@ function setToolResult(block, content) {
     .replaceChildren(...images.map(([src, alt]) => thumbnail(src, alt))));
 }
 
+/* ---------- confirming a tool call ---------- */
+
+// A tool call the turn waits on until the user allows it (the `confirm` event): its name and
+// arguments (as text, never as HTML) with Allow and Deny buttons. Every reader of the turn sees
+// it, and a replayed turn replays it: the call's `tool_result`, or the end of the turn, says it
+// waits no longer, and the buttons go.
+function addConfirm(sid, data) {
+  const name = String(data.name ?? '?');
+  const callId = String(data.call_id ?? '');
+  const allow = makeEl('button', { type: 'button', class: 'confirm-allow', text: 'Allow' });
+  const deny = makeEl('button', { type: 'button', class: 'confirm-deny', text: 'Deny' });
+  const status = makeEl('span', { class: 'confirm-status', role: 'status', 'data-testid': 'confirm-status' });
+  const node = makeEl('div', {
+    class: 'msg msg-confirm waiting', 'data-role': 'confirm', 'data-tool': name,
+    'data-call-id': callId, role: 'group', 'aria-label': `Allow the tool call ${name}?`,
+  },
+  makeEl('div', { class: 'confirm-head' },
+    makeEl('span', { class: 'confirm-label', text: 'Allow this tool call?' }),
+    makeEl('code', { class: 'tool-name', text: name })),
+  makeEl('pre', { class: 'confirm-args', 'data-testid': 'confirm-args', text: formatJson(data.arguments ?? '', 2) }),
+  makeEl('div', { class: 'confirm-actions' }, makeEl('span', { class: 'confirm-buttons' }, allow, deny), status));
+  allow.addEventListener('click', () => answerConfirm(node, sid, callId, true));
+  deny.addEventListener('click', () => answerConfirm(node, sid, callId, false));
+  appendToLog(node);
+  return node;
+}
+
+function setConfirmStatus(node, text) {
+  node.querySelector('.confirm-status').textContent = text;
+}
+
+async function answerConfirm(node, sid, callId, allow) {
+  const buttons = [...node.querySelectorAll('.confirm-buttons button')];
+  for (const b of buttons) b.disabled = true;
+  setConfirmStatus(node, allow ? 'Allowing…' : 'Denying…');
+  try {
+    await api('POST', sessionPath('/turn/confirm', sid), { call_id: callId, allow });
+    node.dataset.answer = allow ? 'allowed' : 'denied';
+    setConfirmStatus(node, allow ? 'Allowed' : 'Denied');
+    if (node.classList.contains('waiting') && sid === state.sid && state.busy) {
+      showActivity(allow ? `Running ${node.dataset.tool}…` : 'thinking…');
+    }
+  } catch (err) {
+    if (err.status === 404) {               // timed out, or answered in another tab
+      node.dataset.answer = 'gone';
+      setConfirmStatus(node, 'This call is no longer waiting');
+      closeConfirm(node);
+    } else {                                // the network, a limit: the user may try again
+      setConfirmStatus(node, `Your answer was not sent: ${err.message}`);
+      for (const b of buttons) b.disabled = false;
+    }
+  }
+}
+
+// The call waits no longer: its buttons go. `outcome` ('allowed' / 'declined'), when known from
+// the call's result, is said unless this page's own answer already says it.
+function closeConfirm(node, outcome = '') {
+  node.classList.remove('waiting');
+  node.querySelector('.confirm-buttons')?.remove();
+  const said = node.dataset.answer || '';
+  if (said === 'allowed' || said === 'denied' || said === 'declined') return;
+  const how = { allowed: 'Allowed', declined: 'Not run: denied, or not answered in time' }[outcome];
+  if (said === 'gone') {                    // this page's answer came too late: say what happened
+    if (how) setConfirmStatus(node, `This call is no longer waiting. ${how}.`);
+  } else {
+    setConfirmStatus(node, how || 'No longer waiting');
+  }
+  if (outcome) node.dataset.answer = outcome;
+}
+
 /* ---------- HTTP ---------- */
 
 class ApiError extends Error {
@@ -439,6 +510,7 @@ async function readSse(res, onEvent) {
 function createTurn(view) {
   let bubble = null, text = '', frame = 0;
   const pending = [];                       // tool blocks awaiting a result
+  const asking = [];                        // confirm prompts whose call has no result yet
   const turn = { finished: false, stopped: false };
 
   const render = () => {
@@ -468,7 +540,21 @@ function createTurn(view) {
       closeSegment();
       pending.push(addToolBlock(data.name, data.arguments));
       showActivity(`Running ${data.name ?? 'a tool'}…`);
+    } else if (type === 'confirm') {
+      closeSegment();
+      const block = pending.find((b) => b.dataset.tool === data.name && !b.dataset.asked);
+      if (block) {
+        block.dataset.asked = 'true';
+        block.querySelector('summary').textContent = 'Waiting for your answer…';
+      }
+      asking.push(addConfirm(view.sid, data));
+      showActivity('Waiting for your answer…');
     } else if (type === 'tool_result') {
+      // A round's results come once all of its calls are answered: no prompt waits any more,
+      // and this result says how its own call was answered (they come in the calls' order).
+      const j = asking.findIndex((p) => p.dataset.tool === data.name);
+      if (j >= 0) closeConfirm(asking.splice(j, 1)[0], data.content === DECLINED ? 'declined' : 'allowed');
+      for (const prompt of asking) closeConfirm(prompt);
       const i = pending.findIndex((b) => b.dataset.tool === data.name);
       const block = pending.splice(Math.max(i, 0), 1)[0] || addToolBlock(data.name, '');
       setToolResult(block, data.content);
@@ -483,12 +569,14 @@ function createTurn(view) {
       if (bubble) text = reply || text;
       const last = bubble;
       closeSegment();
+      for (const prompt of asking) closeConfirm(prompt);
       for (const block of pending) markToolStopped(block);
       if (turn.stopped) markStopped(last);
     } else if (type === 'error') {
       turn.finished = true;
       hideActivity();
       closeSegment();
+      for (const prompt of asking) closeConfirm(prompt);
       for (const block of pending) markToolStopped(block);
       showError(`Error: ${detailText(data.detail) || 'the assistant failed'}`);
     }

@@ -62,6 +62,17 @@ class Fail:
 Reply = Text | ToolCalls | Fail
 
 
+@dataclass(frozen=True)
+class FailMidStream:
+    """A streamed answer that starts (``content``), then carries ``{"error": {...}}`` in-band
+    instead of finishing, as some OpenAI-compatible servers do when they fail mid-answer. A
+    non-streamed request gets ``status`` with the same error body. Script it like any reply."""
+
+    message: str = "scripted failure mid-stream"
+    content: str = ""
+    status: int = 500
+
+
 def message_text(message: dict[str, Any]) -> str:
     """The text of a message whose content is a string or a list of content parts."""
     content = message.get("content")
@@ -94,6 +105,7 @@ class OpenAIServer(BackgroundServer):
         self.chunk_size = chunk_size
         self._lock = threading.Lock()
         self._requests: list[dict[str, Any]] = []
+        self._api_keys: list[str] = []  # the bearer token of each request, in arrival order
         self._scripts: dict[str, deque[Reply]] = {}
         self._queue: deque[Reply] = deque()
         self.fail_all: int | None = None
@@ -115,6 +127,12 @@ class OpenAIServer(BackgroundServer):
         with self._lock:
             return list(self._requests)
 
+    @property
+    def api_keys(self) -> list[str]:
+        """A snapshot of the API key (``Authorization: Bearer``) each request came with."""
+        with self._lock:
+            return list(self._api_keys)
+
     def script(self, marker: str, replies: Iterable[Reply]) -> None:
         with self._lock:
             self._scripts.setdefault(marker, deque()).extend(replies)
@@ -126,6 +144,7 @@ class OpenAIServer(BackgroundServer):
     def reset(self) -> None:
         with self._lock:
             self._requests.clear()
+            self._api_keys.clear()
             self._scripts.clear()
             self._queue.clear()
             self.fail_all = None
@@ -154,6 +173,7 @@ class OpenAIServer(BackgroundServer):
             return JSONResponse(error_body(400, f"bad request: {exc}"), status_code=400)
         with self._lock:
             self._requests.append(body)
+            self._api_keys.append(request.headers.get("authorization", "").removeprefix("Bearer "))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail_all is not None:
@@ -161,6 +181,12 @@ class OpenAIServer(BackgroundServer):
         reply = self._next_reply(messages)
         if isinstance(reply, Fail):
             return JSONResponse(error_body(reply.status, reply.message), status_code=reply.status)
+        if isinstance(reply, FailMidStream):
+            if not body.get("stream"):
+                return JSONResponse(error_body(reply.status, reply.message),
+                                    status_code=reply.status)
+            return StreamingResponse(self._failing_chunks(reply, str(body.get("model", ""))),
+                                     media_type="text/event-stream")
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         model = str(body.get("model", "gpt-4o"))
         usage = _usage(body, reply)
@@ -191,6 +217,9 @@ class OpenAIServer(BackgroundServer):
                 "usage": usage,
             }
         )
+
+    def _failing_chunks(self, reply: FailMidStream, model: str) -> AsyncIterator[str]:
+        return _failing_chunks_of(reply, model)
 
     async def _chunks(
         self, reply: Text | ToolCalls, cid: str, model: str, usage: dict[str, int] | None
@@ -229,6 +258,16 @@ class OpenAIServer(BackgroundServer):
         if usage is not None:
             yield f"data: {json.dumps({**envelope, 'choices': [], 'usage': usage})}\n\n"
         yield "data: [DONE]\n\n"
+
+
+async def _failing_chunks_of(reply: FailMidStream, model: str) -> AsyncIterator[str]:
+    envelope = _envelope(f"chatcmpl-{uuid.uuid4().hex[:24]}", model, "chat.completion.chunk")
+    if reply.content:
+        choice = {"index": 0, "delta": {"role": "assistant", "content": reply.content},
+                  "logprobs": None, "finish_reason": None}
+        yield f"data: {json.dumps({**envelope, 'choices': [choice]})}\n\n"
+    yield f"data: {json.dumps(error_body(reply.status, reply.message))}\n\n"
+    yield "data: [DONE]\n\n"
 
 
 def _envelope(cid: str, model: str, obj: str) -> dict[str, Any]:
