@@ -3,6 +3,7 @@ the session actor's streamed turn, followed through actor deaths by the session 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import uuid
@@ -29,28 +30,32 @@ async def get_messages(sid: str, sessions: SessionsDep) -> Any:
     return await sessions.call(sid, lambda h: h.messages.remote())
 
 
-async def turn_events(sessions: ForCaller, sid: str,
-                      content: str) -> AsyncIterator[dict[str, Any]]:
-    """The turn's events from the session actor. If the actor dies mid-turn, the turn goes on
-    in its next activation under the same turn ID, so the message is recorded once. Turns of
-    one session are handed to its actor one at a time, in the order they arrived here."""
+async def turn_events(sessions: ForCaller, sid: str, content: str,
+                      slot: asyncio.Lock) -> AsyncIterator[dict[str, Any]]:
+    """The turn's events from the session actor, "accepted" first (the actor has recorded the
+    turn: `slot`, held by the caller since the turn arrived, is released then). If the actor
+    dies mid-turn, the turn goes on in its next activation under the same turn ID, so the
+    message is recorded once."""
     turn_id = uuid.uuid4().hex
-    slot = sessions.turn_slot(sid)
-    await slot.acquire()
     held = True
     try:
         account = sessions.caller.account  # the turn's tokens count as the caller's
         async for item in sessions.stream(
                 sid, lambda h: h.chat.remote(turn_id, content, account)):
-            if item["event"] == "accepted":
-                if held:
-                    slot.release()
-                    held = False
-                continue
+            if item["event"] == "accepted" and held:
+                slot.release()
+                held = False
             yield item
     finally:
         if held:
             slot.release()
+
+
+async def _submitted(events: AsyncIterator[dict[str, Any]]) -> dict[str, Any] | None:
+    """Run the turn up to its acceptance by the actor (or its end, whichever is first)."""
+    async for item in events:
+        return None if item["event"] == "accepted" else item
+    return None
 
 
 @router.post("", response_model=Reply, responses={
@@ -59,21 +64,43 @@ async def turn_events(sessions: ForCaller, sid: str,
 async def post_message(sid: str, body: PostMessage, request: Request,
                        sessions: SessionsDep, quota: QuotaDep) -> Any:
     """Run one turn. With `Accept: text/event-stream`, stream it as SSE events."""
-    await sessions.handle(sid)  # 404 (or 503 when full) before any stream starts
-    await quota.check_budget(sessions.caller)  # 429s before anything is recorded
-    await quota.hit("turns", sessions.caller)
-    events = turn_events(sessions, sid, body.content)
+    # Turns of one session are handed to its actor one at a time, in the order they arrived
+    # here: the slot is taken before anything is awaited, and held until the actor records it.
+    slot = sessions.turn_slot(sid)
+    await slot.acquire()
+    try:
+        await sessions.handle(sid)  # 404 (or 503 when full) before any stream starts
+        await quota.check_budget(sessions.caller)  # 429s before anything is recorded
+        await quota.hit("turns", sessions.caller)
+    except BaseException:
+        slot.release()
+        raise
+    events = turn_events(sessions, sid, body.content, slot)
+    try:
+        first = await _submitted(events)  # the slot is free again once this returns
+    except BaseException:
+        await events.aclose()
+        raise
     if "text/event-stream" in request.headers.get("accept", ""):
-        return EventSourceResponse(_sse(events), ping=15,
+        return EventSourceResponse(_sse(_prepend(first, events)), ping=15,
                                    headers={"Cache-Control": "no-store"})
     async with aclosing(events):
-        async for item in events:
+        async for item in _prepend(first, events):
             if item["event"] == "error":
                 return JSONResponse({"detail": item["data"]["detail"]},
                                     status_code=item["data"].get("status", 502))
             if item["event"] == "done":
                 return {"reply": item["data"]["reply"], "messages": item["data"]["messages"]}
     return JSONResponse({"detail": "the turn ended without an answer"}, status_code=502)
+
+
+async def _prepend(first: dict[str, Any] | None,
+                   rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async with aclosing(rest):
+        if first is not None:
+            yield first
+        async for item in rest:
+            yield item
 
 
 async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, str]]:
