@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from actors.names import session_key
 from actors.netguard import UrlGuard
 from actors.settings import Settings
 from actors.store import FileInfo
@@ -76,6 +77,11 @@ class ToolContext:
     streams: Streams | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     account: str | None = None  # who the turn runs for (limits and costs count by it)
+    key: str = ""  # the session's key (its actor's name, its shell scratch): never the ID
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = session_key(self.session_id)
 
     @property
     def guard(self) -> UrlGuard:

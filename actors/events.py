@@ -1,6 +1,9 @@
-"""A session's notification events: numbered, stored, then pushed to every open /events
-listener; a listener that falls behind is caught up from the store, so nothing is lost or
-repeated. Bounded: listeners per session, and how many stored events one connection replays."""
+"""A session's notification events: numbered and stored by the session's notification child
+(`publish`), then pushed to the session's actor, which hands them to every open /events listener
+(`EventHub`). The store is the truth: a listener that falls behind, sees a gap in the numbers
+(a push lost with an actor that died) or hears nothing for `CHECK_S` reads the store, so nothing
+is lost or repeated. Bounded: listeners per session, and how many stored events one connection
+replays."""
 
 from __future__ import annotations
 
@@ -12,6 +15,15 @@ from actors.journal import SessionJournal
 
 MAX_MESSAGE = 10_000  # characters of one notification
 MAX_BACKLOG = 10_000  # undelivered events one listener may hold before it is caught up
+CHECK_S = 15.0  # a quiet listener looks at the store this often (a push may have been lost)
+
+
+async def publish(journal: SessionJournal, noti_id: str, message: str,
+                  keep: int | None = None) -> dict[str, Any]:
+    """Number and store one notification (the caller publishes one at a time)."""
+    message = str(message)[:MAX_MESSAGE]
+    seq, at = await journal.add_event(noti_id, message, keep)
+    return {"id": seq, "noti_id": noti_id, "message": message, "at": at}
 
 
 class TooManyListeners(RuntimeError):
@@ -40,28 +52,21 @@ class _Listener:
 
 class EventHub:
     def __init__(self, journal: SessionJournal, max_listeners: int = 8,
-                 max_replay: int = 1000, max_events: int | None = None) -> None:
+                 max_replay: int = 1000) -> None:
         self._journal = journal
         self._max_listeners, self._max_replay = max_listeners, max_replay
-        self._max_events = max_events  # stored per session; the oldest go first
         self._listeners: set[_Listener] = set()
         self._open = 0
-        self._numbering = asyncio.Lock()  # events are stored and pushed in one order
 
     @property
     def listening(self) -> int:
         """Open /events connections (they keep the session's actor live)."""
         return self._open
 
-    async def publish(self, noti_id: str, message: str) -> dict[str, Any]:
-        """Number, store and push one notification (in order, exactly once)."""
-        message = str(message)[:MAX_MESSAGE]
-        async with self._numbering:
-            seq, at = await self._journal.add_event(noti_id, message, self._max_events)
-            item = {"id": seq, "noti_id": noti_id, "message": message, "at": at}
-            for listener in list(self._listeners):
-                listener.push(item)
-        return item
+    def push(self, item: dict[str, Any]) -> None:
+        """A stored event, from the notification child: to every open listener."""
+        for listener in list(self._listeners):
+            listener.push(item)
 
     def admit(self) -> None:
         """Take a listener's place (before its stream starts), or refuse clearly; every
@@ -88,10 +93,15 @@ class EventHub:
                     last = seq
                     yield {"id": seq, "noti_id": noti_id, "message": message, "at": at}
                 while True:
-                    item = await listener.queue.get()
+                    try:
+                        item = await asyncio.wait_for(listener.queue.get(), CHECK_S)
+                    except TimeoutError:  # quiet for a while: look at the store
+                        break
                     if item is None:  # it fell behind: read the rest from the store
                         self._listeners.discard(listener)
                         listener = _Listener()
+                        break
+                    if item["id"] > last + 1:  # one went missing on its way: the store has it
                         break
                     if item["id"] > last:
                         last = item["id"]

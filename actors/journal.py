@@ -7,10 +7,14 @@ import asyncio
 from typing import Any
 
 from actors.store import FileInfo, Store, StoredMessage
+from actors.store_sql import Epoch
 
 
 class SessionJournal:
-    def __init__(self, store: Store, key: str, epoch: int) -> None:
+    """`epoch` is the session actor's, or a NotifierEpoch: the journal of its notification
+    child, which writes only events, stream status and files."""
+
+    def __init__(self, store: Store, key: str, epoch: Epoch) -> None:
         self.store, self.key, self.epoch = store, key, epoch
 
     async def _run(self, fn: Any, *args: Any) -> Any:

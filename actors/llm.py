@@ -298,6 +298,12 @@ RESTART_WAIT_S = 60.0  # a lost node is declared dead, then its actors restart e
 PROXIES = 2  # per cluster and server; each is one process that mostly waits on the network
 
 
+def proxies(settings: Settings) -> int:
+    """Client actors per server: one for an embedded Ray (one machine: a second process adds
+    nothing but its idle wake-ups), PROXIES on a cluster."""
+    return PROXIES if settings.ray_address else 1
+
+
 def server_of(settings: Settings) -> Server:
     return (settings.openai_base_url, settings.openai_api_key or "")
 
@@ -325,7 +331,7 @@ class LLM:
     """What a session or a stream holds: a handle to one shared LLMClient."""
 
     def __init__(self, settings: Settings, spread: str) -> None:
-        index = int(hashlib.sha256(spread.encode()).hexdigest(), 16) % PROXIES
+        index = int(hashlib.sha256(spread.encode()).hexdigest(), 16) % proxies(settings)
         self._server = server_of(settings)
         self._handle = LLMClientRemote.options(
             name=client_name(settings, index), namespace=NAMESPACE, lifetime="detached",

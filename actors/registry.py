@@ -4,7 +4,7 @@ One small named actor per cluster (every gateway shares it). A gateway asks `adm
 it starts a session's actor (a cold activation); warm requests never come here. Session actors
 tell it when they come up, when they were last used (at most once a second) and when they end.
 When the cap is reached, the least recently used live session is asked to passivate; an actor
-that is busy (a turn in flight, an open /events stream, a running notification stream) says no
+that is busy (a turn in flight, an open /events stream) says no
 and the next one is asked; when none can go, `admit` answers how long to wait (the gateway's
 503 with Retry-After). The same holds per user (`LLMCAM_USER_LIVE_SESSIONS`): a user over their
 share makes room among their own sessions first, and gets a 429 when all of theirs are busy.
@@ -13,8 +13,9 @@ The registry's state is soft: rebuilt from Ray's named actors if it restarts, an
 same way when the count looks full.
 
 Being the one actor per cluster, it also counts each user's open listeners (leases that their
-gateway renews, so a gateway that dies frees its users' places within `LEASE_S`) and runs the
-retention sweep (sessions unused for `LLMCAM_SESSION_TTL_SECONDS` are deleted whole).
+gateway renews, so a gateway that dies frees its users' places within `LEASE_S`), runs the
+retention sweep (sessions unused for `LLMCAM_SESSION_TTL_SECONDS` are deleted whole) and
+supervises the notification streams (actors/stream_supervision.py: running rows have a child).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class LiveSessions:
         self._holder: dict[str, str] = {}  # key -> the account that activated it
         self._leases: dict[str, tuple[str, float]] = {}  # listener -> (account, expires)
         self._admitting = asyncio.Lock()
-        self._sweepers: dict[str, asyncio.Task[None]] = {}  # one per store (its URL)
+        # per store (its URL): the retention sweep and the streams' supervision
+        self._sweepers: dict[str, tuple[asyncio.Task[None], ...]] = {}
         record("live", len(self._used))
 
     def __repr__(self) -> str:
@@ -64,12 +66,15 @@ class LiveSessions:
         self._cap = max(1, int(cap))
         if settings is not None:
             from actors.retention import sweep_forever
+            from actors.stream_supervision import supervise_forever
 
-            running = self._sweepers.pop(settings.db_url, None)
-            if running is not None:
+            for running in self._sweepers.pop(settings.db_url, ()):
                 running.cancel()
-            self._sweepers[settings.db_url] = asyncio.get_running_loop().create_task(
-                sweep_forever(settings, self._recently_used(settings.session_ttl_seconds)))
+            loop = asyncio.get_running_loop()
+            self._sweepers[settings.db_url] = (
+                loop.create_task(sweep_forever(
+                    settings, self._recently_used(settings.session_ttl_seconds))),
+                loop.create_task(supervise_forever(settings)))
         return self._cap
 
     def _recently_used(self, ttl: float) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 import ray
 
 from actors.names import NAMESPACE
+from actors.notification import stop_child
 from actors.settings import Settings
 from actors.store import Store, open_store
 
@@ -51,6 +52,7 @@ async def _delete(store: Store, key: str) -> None:
         except Exception:  # dead or stuck: the kill and the delete below settle it
             pass
         ray.kill(handle, no_restart=True)
+    await stop_child(key)  # its streams stop even while the session's own actor rests
     await asyncio.to_thread(store.delete_session, key)
     log.info("session %s deleted after LLMCAM_SESSION_TTL_SECONDS unused", key)
 

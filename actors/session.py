@@ -3,12 +3,13 @@ tools, files and notification streams while it is live; the store is the durable
 rebuilt from.
 
 Session actors are virtual (Orleans' grains on Ray): a session is a row in the store, and its
-actor exists while it is used. It ends itself after `idle_seconds` with no call in flight, no
-open /events stream and no running notification stream (only inbound calls count as use, not
-its own timers), or when the cluster's registry asks it to make room and it is idle. From the
-moment it decides to go it refuses new calls (`Passivating`: the gateway asks again and gets
-the next activation), so nothing is half-served by an actor that is ending; the epoch fence in
-the store makes a turn that raced the handover count once.
+actor exists while it is used. It ends itself after `idle_seconds` with no call in flight and no
+open /events stream (only inbound calls count as use, not its own timers; its notification
+streams run on in its child, actors/notification.py), or when the cluster's registry asks it
+to make room and it is idle. From the moment it decides to go it refuses new calls
+(`Passivating`: the gateway asks again and gets the next activation), so nothing is half-served
+by an actor that is ending; the epoch fence in the store makes a turn that raced the handover
+count once.
 
 Named `session:<key>` in namespace `llmcam`, detached, asking for no CPU while it waits.
 """
@@ -92,10 +93,8 @@ class SessionActor:
         self._turn_ids: list[str | None] = [m.turn_id for m in stored]
         settings = self._settings
         self._files = SessionFiles(journal, settings.max_files, settings.max_session_bytes)
-        self._events = EventHub(journal, settings.max_listeners, settings.max_replay,
-                                settings.max_events)
-        self._streams = SessionStreams(journal, settings, self._events, self.history,
-                                       self._sid)
+        self._events = EventHub(journal, settings.max_listeners, settings.max_replay)
+        self._streams = SessionStreams(journal, settings, self.history)
         for name, spec in self._store.services(self._key).items():
             try:
                 self._toolbox.restore(name, spec, settings.tool_modules)
@@ -115,8 +114,9 @@ class SessionActor:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on the actor's loop (a unit test): no background work
             return True
-        # Streams that were running come back at once (also when Ray restarts this actor).
-        loop.create_task(self._resume_streams())
+        # Its child pushes events here from now on; streams that have no child (a crash, a
+        # cluster restart) get one at once.
+        loop.create_task(self._attach_streams())
         if settings.idle_seconds > 0:
             loop.create_task(self._watch_idle())
         return True
@@ -167,7 +167,7 @@ class SessionActor:
 
     def _idle(self) -> bool:
         return (self._state == "live" and self._busy == 0 and self._turn is None
-                and self._streams.running == 0 and self._events.listening == 0)
+                and self._events.listening == 0)
 
     async def _fresh(self) -> None:
         """Before answering from memory: is this still the session's incarnation? (Another
@@ -235,18 +235,17 @@ class SessionActor:
             ray.kill(ray.get_runtime_context().current_actor, no_restart=True)
 
     async def start(self) -> dict[str, Any]:
-        """Bring the actor up (and its streams back); answers its pid for memory checks."""
+        """Bring the actor up; answers its pid for memory checks."""
         with self._active():
             await self._fresh()
-            await self._streams.resume()
             release_memory()
             return {"pid": os.getpid()}
 
-    async def _resume_streams(self) -> None:
+    async def _attach_streams(self) -> None:
         try:
-            await self._streams.resume()
-        except Exception:  # start() tries again
-            log.exception("resuming notification streams failed")
+            await self._streams.attach(ray.get_runtime_context().current_actor)
+        except Exception:  # the registry's supervision brings running streams back
+            log.exception("attaching the notification streams failed")
 
     async def info(self) -> dict[str, Any]:
         with self._active():
@@ -463,14 +462,6 @@ class SessionActor:
         with self._active():
             return await self._files.save(kind, stem, data, ext)
 
-    async def read_file(self, name: str) -> bytes:
-        with self._active():
-            return await self._files.read(name)
-
-    async def list_files(self, kind: str | None = None) -> list[Any]:
-        with self._active():
-            return await self._files.list(kind)
-
     async def delete(self) -> None:
         """Stop the streams, forget everything; the gateway then kills this actor."""
         if self._state == "spare" and not self._load():
@@ -496,32 +487,11 @@ class SessionActor:
             if not await self._streams.stop_by_api(noti_id):
                 raise NotFound(noti_id)
 
-    async def deliver(self, noti_id: str, message: str) -> str:
-        """Called by a child stream: number, store and push one notification."""
-        with self._active():
-            try:
-                return await self._streams.deliver(noti_id, message)
-            except Fenced:
-                self._superseded()
-                raise
-
-    async def stream_stopped(self, noti_id: str, status: str) -> None:
-        with self._active():
-            await self._streams.stopped(noti_id, status)
-
-    async def stream_usage(self, account: str | None, usage: dict[str, Any]) -> None:
-        """A child stream's model call: its tokens count for this session and its account."""
-        with self._active():
-            await self._add_usage(account, usage)
-
-    async def budget_left(self, account: str | None) -> bool:
-        """Whether a stream of `account` may run a round today (LLMCAM_TOKEN_BUDGET)."""
-        with self._active():
-            budget = self._settings.token_budget
-            if budget <= 0 or not account:
-                return True
-            used = await self._journal.usage_today(account)
-            return used["tokens_today"] < budget
+    def push_event(self, item: dict[str, Any]) -> None:
+        """From the session's notification child: an event it stored, for the open /events
+        listeners (not a use: streams do not keep this actor live)."""
+        if self._state == "live":
+            self._events.push(item)
 
     async def events(self, after: int) -> AsyncIterator[dict[str, Any]]:
         """For one /events client: first `{"ready": True}` (or the refusal, before any

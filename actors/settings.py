@@ -118,6 +118,11 @@ class Settings(BaseModel):
     def _auth_mode(cls, value: object) -> object:
         return value.strip().lower() or None if isinstance(value, str) else value
 
+    @property
+    def llm_configured(self) -> bool:
+        """Whether an LLM is named at all (a key for OpenAI's own, or a server's base URL)."""
+        return bool(self.openai_api_key or self.openai_base_url)
+
     def limits(self) -> dict[str, float]:
         """Each per-user limit under its variable's name (what /api/me shows)."""
         return {variable: getattr(self, name) for name, variable in LIMITS.items()}

@@ -23,13 +23,14 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 TABLES = ("sessions", "messages", "turns", "services", "files", "events", "streams")
-# Columns version 3 added to tables that existed before (a migration adds them).
+# Columns versions 3 and 4 added to tables that existed before (a migration adds them).
 ADDED_COLUMNS = {
     "sessions": [("owner", "TEXT"), ("sid", "TEXT"), ("last_active", "{real}"),
                  ("title", "TEXT"), ("prompt_tokens", "BIGINT NOT NULL DEFAULT 0"),
-                 ("completion_tokens", "BIGINT NOT NULL DEFAULT 0")],
+                 ("completion_tokens", "BIGINT NOT NULL DEFAULT 0"),
+                 ("notifier_epoch", "BIGINT NOT NULL DEFAULT 0")],
     "streams": [("account", "TEXT")],
 }
 TITLE_CHARS = 80
@@ -37,6 +38,18 @@ TITLE_CHARS = 80
 
 class Fenced(RuntimeError):
     """A newer incarnation of this session's actor owns the journal now."""
+
+
+@dataclass(frozen=True)
+class NotifierEpoch:
+    """The epoch of a session's notification child (its own fence, beside the session
+    actor's): the child's writes (events, stream status, files) are refused once a newer
+    incarnation of the child has claimed the session's streams."""
+
+    value: int
+
+
+Epoch = int | NotifierEpoch
 
 
 class StoreError(RuntimeError):
@@ -117,7 +130,8 @@ class Store(ABC):
             f"created_at {real} NOT NULL, epoch BIGINT NOT NULL DEFAULT 0, owner TEXT, "
             f"sid TEXT, last_active {real}, title TEXT, "
             "prompt_tokens BIGINT NOT NULL DEFAULT 0, "
-            "completion_tokens BIGINT NOT NULL DEFAULT 0)",
+            "completion_tokens BIGINT NOT NULL DEFAULT 0, "
+            "notifier_epoch BIGINT NOT NULL DEFAULT 0)",
             "CREATE TABLE IF NOT EXISTS messages (key TEXT NOT NULL, seq BIGINT NOT NULL, "
             "turn_id TEXT, body TEXT NOT NULL, PRIMARY KEY (key, seq))",
             "CREATE TABLE IF NOT EXISTS turns (key TEXT NOT NULL, turn_id TEXT NOT NULL, "
@@ -147,6 +161,7 @@ class Store(ABC):
             "CREATE INDEX IF NOT EXISTS sessions_owner ON sessions (owner, last_active)",
             "CREATE INDEX IF NOT EXISTS sessions_last_active ON sessions (last_active)",
             "CREATE INDEX IF NOT EXISTS streams_account ON streams (account, status)",
+            "CREATE INDEX IF NOT EXISTS streams_status ON streams (status, key)",
         ]
 
     def _migrate(self, tx: Tx) -> None:
@@ -190,12 +205,15 @@ class Store(ABC):
 
     # transactions -------------------------------------------------------------------------
     @contextmanager
-    def _fenced(self, key: str, epoch: int) -> Iterator[Tx]:
-        """A write transaction that is refused unless `epoch` is still the session's."""
+    def _fenced(self, key: str, epoch: Epoch) -> Iterator[Tx]:
+        """A write transaction that is refused unless `epoch` is still the session's (or,
+        for a NotifierEpoch, still its notification child's)."""
+        column, value = (("notifier_epoch", epoch.value) if isinstance(epoch, NotifierEpoch)
+                         else ("epoch", epoch))
         with self._transaction() as tx:
-            row = tx.execute(f"SELECT epoch FROM sessions WHERE key=?{self.LOCK}",
+            row = tx.execute(f"SELECT {column} FROM sessions WHERE key=?{self.LOCK}",
                              (key,)).fetchone()
-            if row is None or int(row[0]) != epoch:
+            if row is None or int(row[0]) != value:
                 raise Fenced(key)
             yield tx
 
@@ -259,6 +277,24 @@ class Store(ABC):
             raise KeyError(key)
         return int(row[0])
 
+    def claim_notifier(self, key: str) -> NotifierEpoch:
+        """Take the next epoch for a new incarnation of the session's notification child (not
+        a use of the session: streams do not keep it from expiring)."""
+        with self._transaction() as tx:
+            tx.execute("UPDATE sessions SET notifier_epoch = notifier_epoch + 1 WHERE key=?",
+                       (key,))
+            row = tx.execute("SELECT notifier_epoch FROM sessions WHERE key=?",
+                             (key,)).fetchone()
+        if row is None:
+            raise KeyError(key)
+        return NotifierEpoch(int(row[0]))
+
+    def sessions_with_streams(self, limit: int = 100_000) -> list[str]:
+        """Keys of the sessions that have a running notification stream."""
+        rows = self._read("SELECT DISTINCT key FROM streams WHERE status='running' LIMIT ?",
+                          (limit,))
+        return [key for (key,) in rows]
+
     def delete_session(self, key: str) -> None:
         with self._transaction() as tx:
             for table in TABLES:
@@ -270,7 +306,7 @@ class Store(ABC):
                           (key,))
         return [StoredMessage(int(seq), turn, json.loads(body)) for seq, turn, body in rows]
 
-    def begin_turn(self, key: str, epoch: int, turn_id: str, user: dict[str, Any],
+    def begin_turn(self, key: str, epoch: Epoch, turn_id: str, user: dict[str, Any],
                    account: str | None = None) -> bool:
         """Record a turn's user message once; False when this turn was recorded before. The
         turn counts as the account's (a user or a client address) and as the session's use;
@@ -291,7 +327,7 @@ class Store(ABC):
                            (account, utc_day(now)))
             return True
 
-    def append(self, key: str, epoch: int, turn_id: str | None,
+    def append(self, key: str, epoch: Epoch, turn_id: str | None,
                bodies: list[dict[str, Any]]) -> None:
         with self._fenced(key, epoch) as tx:
             self._append(tx, key, turn_id, bodies)
@@ -304,7 +340,7 @@ class Store(ABC):
             tx.execute("INSERT INTO messages (key, seq, turn_id, body) VALUES (?, ?, ?, ?)",
                        (key, int(last) + i + 1, turn_id, json.dumps(body)))
 
-    def finish_turn(self, key: str, epoch: int, turn_id: str) -> None:
+    def finish_turn(self, key: str, epoch: Epoch, turn_id: str) -> None:
         with self._fenced(key, epoch) as tx:
             tx.execute("UPDATE turns SET done=1 WHERE key=? AND turn_id=?", (key, turn_id))
 
@@ -368,19 +404,19 @@ class Store(ABC):
                           (key,))
         return {name: json.loads(spec) for name, spec in rows}
 
-    def put_service(self, key: str, epoch: int, name: str, spec: dict[str, Any]) -> None:
+    def put_service(self, key: str, epoch: Epoch, name: str, spec: dict[str, Any]) -> None:
         with self._fenced(key, epoch) as tx:
             tx.execute("INSERT INTO services (key, name, spec, added_at) VALUES (?, ?, ?, ?) "
                        "ON CONFLICT (key, name) DO UPDATE SET spec=excluded.spec, "
                        "added_at=excluded.added_at", (key, name, json.dumps(spec), time.time()))
 
-    def remove_service(self, key: str, epoch: int, name: str) -> bool:
+    def remove_service(self, key: str, epoch: Epoch, name: str) -> bool:
         with self._fenced(key, epoch) as tx:
             return tx.execute("DELETE FROM services WHERE key=? AND name=?",
                               (key, name)).rowcount > 0
 
     # files --------------------------------------------------------------------------------
-    def put_file(self, key: str, epoch: int, name: str, kind: str, data: bytes) -> None:
+    def put_file(self, key: str, epoch: Epoch, name: str, kind: str, data: bytes) -> None:
         with self._fenced(key, epoch) as tx:
             tx.execute("INSERT INTO files (key, name, kind, data, created_at) "
                        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (key, name) DO UPDATE SET "
@@ -397,7 +433,7 @@ class Store(ABC):
         return (rows[0][0], bytes(rows[0][1])) if rows else None
 
     # notification events and streams ------------------------------------------------------
-    def add_event(self, key: str, epoch: int, noti_id: str, message: str,
+    def add_event(self, key: str, epoch: Epoch, noti_id: str, message: str,
                   keep: int | None = None) -> tuple[int, float]:
         """Number and store one event; with `keep`, only the newest `keep` events stay."""
         at = time.time()
@@ -425,7 +461,7 @@ class Store(ABC):
                               (key, after, limit))[::-1]
         return [(int(seq), n, m, float(at)) for seq, n, m, at in rows]
 
-    def put_stream(self, key: str, epoch: int, noti_id: str, spec: dict[str, Any],
+    def put_stream(self, key: str, epoch: Epoch, noti_id: str, spec: dict[str, Any],
                    status: str, account: str | None = None, limit: int | None = None) -> bool:
         """Record a stream; with `limit`, only while the account runs fewer than `limit`
         streams (False: refused, nothing written)."""
@@ -449,7 +485,7 @@ class Store(ABC):
                           (account,))
         return int(rows[0][0])
 
-    def set_stream_status(self, key: str, epoch: int, noti_id: str, status: str) -> None:
+    def set_stream_status(self, key: str, epoch: Epoch, noti_id: str, status: str) -> None:
         with self._fenced(key, epoch) as tx:
             tx.execute("UPDATE streams SET status=? WHERE key=? AND noti_id=?",
                        (status, key, noti_id))

@@ -1,11 +1,12 @@
-"""The session's side of notification streams: its children and their records.
+"""The session's side of notification streams: their records, and its one child.
 
-Each stream is a child NotificationActor created by the session actor (so Ray kills it with
-its owner, and only its session holds its handle). Events come back through the session's
-`deliver`, which hands them to `EventHub` (actors/events.py) to be numbered, stored and pushed.
-Streams that were running come back when the session's actor is rebuilt or reactivated
-(`resume`). Collaborators are explicit: the session's journal, its settings, its history and
-its event hub; nothing here reaches back into the session actor.
+A stream is a row in the store; the session's child NotificationActor (actors/notification.py)
+runs every running row of the session and stores their events itself, so the session's own
+actor may passivate while they run. Here the chat's tools and the API start and stop streams:
+the row is written first (under the session's epoch), then the child is told to match the rows
+(`sync_child`). A live session's actor tells its child where to push events (`attach`).
+Collaborators are explicit: the session's journal, its settings and its history; nothing here
+reaches back into the session actor.
 """
 
 from __future__ import annotations
@@ -19,16 +20,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-import ray
-
-from actors.events import EventHub
 from actors.journal import SessionJournal
 from actors.metrics import record
+from actors.notification import stop_child, sync_child
 from actors.settings import Settings
-from actors.store import Fenced
 
 MAX_RUNNING = 5
-STOP_TIMEOUT = 5.0  # seconds a child gets to end its round before it is killed anyway
 log = logging.getLogger(__name__)
 
 STREAM_PROMPT = (
@@ -79,22 +76,13 @@ def stream_interval(requested: float | None, default: float, minimum: float = 1.
 
 
 class SessionStreams:
-    def __init__(self, journal: SessionJournal, settings: Settings, events: EventHub,
-                 history: Callable[[], list[dict[str, Any]]], session_id: str) -> None:
+    def __init__(self, journal: SessionJournal, settings: Settings,
+                 history: Callable[[], list[dict[str, Any]]]) -> None:
         self._journal = journal
         self._settings = settings
-        self._events = events
         self._history = history
-        self._session_id = session_id
-        self._children: dict[str, Any] = {}  # noti_id -> handle, running streams only
-        self._watchers: dict[str, asyncio.Task[None]] = {}
-        self._life = asyncio.Lock()  # start, stop and resume one at a time
+        self._life = asyncio.Lock()  # start, stop and delete one at a time
         self._closed = False
-
-    @property
-    def running(self) -> int:
-        """Streams running here (each keeps the session's actor live)."""
-        return len(self._children)
 
     async def _rows(self) -> dict[str, dict[str, Any]]:
         return {row["noti_id"]: row for row in await self._journal.streams()}
@@ -103,44 +91,19 @@ class SessionStreams:
         return [{k: row[k] for k in ("noti_id", "status", "started_at", "sent")}
                 for row in await self._journal.streams()]
 
-    # life cycle ---------------------------------------------------------------------------------
-    async def resume(self) -> None:
-        """Bring back the streams that are running in the store but have no actor here (those
-        of an earlier incarnation of this session's actor, which ended with it)."""
-        async with self._life:
-            if self._closed:
-                return
-            for noti_id, row in (await self._rows()).items():
-                if row["status"] == "running" and noti_id not in self._children:
-                    if time.time() >= float(row["spec"].get("expires_at") or math.inf):
-                        await self._journal.set_stream_status(noti_id, "expired")
-                        continue
-                    log.info("resuming notification stream %s", noti_id)
-                    self._spawn(noti_id, row["spec"])
-
-    def _spawn(self, noti_id: str, spec: dict[str, Any]) -> None:
-        from actors.notification import NotificationActorRemote
-
-        child = NotificationActorRemote.options(num_cpus=0, max_restarts=0,
-                                                max_task_retries=0).remote(
-            ray.get_runtime_context().current_actor, self._session_id, noti_id, spec,
-            self._settings)
-        self._children[noti_id] = child
-        self._watchers[noti_id] = asyncio.create_task(
-            self._watch(noti_id, child, child.run.remote()))
-
-    async def _watch(self, noti_id: str, child: Any, done: Any) -> None:
-        """A child that ends on its own stopped itself; one that dies is reported failed."""
+    async def _sync(self, session: Any = None) -> None:
         try:
-            status = "expired" if await done == "expired" else "stopped"
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("notification stream %s died: %s", noti_id, type(exc).__name__)
-            status = "failed"
-        async with self._life:
-            if self._children.get(noti_id) is child:
-                await self._finish(noti_id, status)
+            await sync_child(self._journal.key, self._settings, session)
+        except Exception:  # the registry's supervision starts it later; the row stands
+            log.exception("the notification actor could not be told")
+
+    # life cycle ---------------------------------------------------------------------------------
+    async def attach(self, session: Any) -> None:
+        """The session's actor is live: its child (started where running rows have none,
+        after a crash or a cluster restart) pushes events to it from now on."""
+        rows = await self._rows()
+        if any(r["status"] == "running" for r in rows.values()):  # else it has no child
+            await self._sync(session)
 
     async def start(self, task: str, interval_seconds: float | None,
                     account: str | None = None) -> str:
@@ -166,7 +129,7 @@ class SessionStreams:
                 return (f"Refused: the user already runs {settings.user_streams} notification "
                         "streams, the most allowed (LLMCAM_USER_STREAMS). Stop one with "
                         "stop_notification first.")
-            self._spawn(noti_id, spec)
+            await self._sync(_me())
         return f"Notification stream started with ID {noti_id}"
 
     async def stop(self, noti_id: str) -> str:
@@ -178,7 +141,7 @@ class SessionStreams:
                 return f"This session has no notification stream with ID {noti_id}."
             if row["status"] != "running":
                 return f"Notification stream {noti_id} is already {row['status']}."
-            await self._finish(noti_id, "stopped")
+            await self._finish(noti_id)
         return f"Notification stream {noti_id} stopped."
 
     async def stop_by_api(self, noti_id: str) -> bool:
@@ -187,53 +150,31 @@ class SessionStreams:
             row = (await self._rows()).get(noti_id)
             if row is None:
                 return False
-            if row["status"] == "running" or noti_id in self._children:
-                await self._finish(noti_id, "stopped")
+            if row["status"] == "running":
+                await self._finish(noti_id)
         return True
 
-    async def stopped(self, noti_id: str, status: str) -> None:
-        """A child reports that it ended (kept for children that call back)."""
-        async with self._life:
-            if noti_id in self._children:
-                await self._finish(noti_id, status if status in ("stopped", "failed",
-                                                                 "expired") else "stopped")
-
-    async def _finish(self, noti_id: str, status: str) -> None:
-        """End one stream (the caller holds `_life`): no more events, no more model calls,
-        and its actor gone."""
-        child = self._children.pop(noti_id, None)
-        watcher = self._watchers.pop(noti_id, None)
-        if watcher is not None and watcher is not asyncio.current_task():
-            watcher.cancel()
-        try:
-            await self._journal.set_stream_status(noti_id, status)
-        except Fenced:
-            pass  # a newer incarnation owns the session: its copy of the stream lives on
-        if child is None:
-            return
-        try:  # let it end its round cleanly, so that no model call is left in flight
-            await asyncio.wait_for(child.stop.remote(), STOP_TIMEOUT)
-        except Exception:  # dead already, or stuck: the kill below settles it
-            pass
-        ray.kill(child, no_restart=True)
+    async def _finish(self, noti_id: str) -> None:
+        """End one stream (the caller holds `_life`): its row first, then the child stops
+        its task (no model call of it follows once this returns)."""
+        await self._journal.set_stream_status(noti_id, "stopped")
+        await self._sync()
 
     async def stop_all(self) -> None:
         """The session is being deleted: stop every stream and start no more."""
         async with self._life:
             self._closed = True
-            await asyncio.gather(*(self._finish(n, "stopped") for n in list(self._children)))
+            await stop_child(self._journal.key)
 
     def close(self) -> None:
-        """The actor is passivating (no stream runs): start no more."""
+        """The actor is passivating: it starts no more (its streams run on in the child)."""
         self._closed = True
 
     async def send(self, message: str) -> str:
         return "send_notification works only inside a notification stream."
 
-    # events -------------------------------------------------------------------------------------
-    async def deliver(self, noti_id: str, message: str) -> str:
-        """From a child: number, store and push one notification (in order, exactly once)."""
-        if noti_id not in self._children:
-            return "This stream is stopped; nothing was sent."
-        await self._events.publish(noti_id, message)
-        return "Notification sent"
+
+def _me() -> Any:
+    import ray
+
+    return ray.get_runtime_context().current_actor

@@ -18,8 +18,9 @@ import logging
 import secrets
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
 from typing import Any, TypeVar
 
 import ray
@@ -28,6 +29,7 @@ from ray.actor import ActorHandle
 from actors.errors import Passivating, SessionGone
 from actors.metrics import record
 from actors.names import NAMESPACE, actor_name, session_key
+from actors.notification import stop_child
 from actors.session import SessionActorRemote, session_options
 from actors.settings import Settings
 from actors.store import Store
@@ -37,6 +39,8 @@ from gateway.quota import LimitExceeded
 T = TypeVar("T")
 CACHE_SIZE = 10_000
 STARTING = 4  # actor processes started at once by one gateway
+MAX_WAITING = 256  # cold activations queued behind those at one gateway
+QUEUE_RETRY_S = 2
 RETRY_S = 90.0  # how long a call follows its session through deaths and handovers (a lost
 # node is declared dead after Ray's health checks fail, then its actors restart elsewhere)
 CREATION_ATTEMPTS = 2  # a constructor that fails (store down) is not retried for long
@@ -73,6 +77,7 @@ class SessionClient:
         # Each new actor process costs about a second of CPU: started all at once they share
         # the cores and every user waits for the slowest; a few at a time, most answer early.
         self._starting = asyncio.Semaphore(STARTING)
+        self._waiting = 0
 
     # creating ------------------------------------------------------------------------------------
     async def create(self, caller: Caller) -> str:
@@ -141,14 +146,40 @@ class SessionClient:
                                 refused["wait"])
         if refused is not None:
             raise SessionsFull(refused["wait"])
-        async with self._starting:  # a burst starts processes a few at a time, not all at once
+        # A burst starts processes a few at a time, the others wait their turn in a queue
+        # that is bounded: past it, the caller is told to come back (503 with Retry-After).
+        if self._waiting >= MAX_WAITING:
+            raise SessionsFull(QUEUE_RETRY_S)
+        self._waiting += 1
+        try:
+            await self._starting.acquire()
+        finally:
+            self._waiting -= 1
+        try:
+            handle = await self._start_actor(session_id)
+        finally:
+            self._starting.release()
+        record("activations", kind="cold")
+        return handle
+
+    async def _start_actor(self, session_id: str) -> ActorHandle:
+        """Start the session's actor; a start that fails under load (the worker process did
+        not come up in time) is tried once more before the caller hears of it."""
+        for attempt in (1, 2):
             handle = await asyncio.to_thread(
                 lambda: SessionActorRemote.options(
                     **session_options(session_id, self.scheduling)).remote(
                     session_id, self.settings))
-            await handle.start.remote()
-        record("activations", kind="cold")
-        return handle
+            try:
+                await handle.start.remote()
+                return handle
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                if attempt == 2:
+                    raise
+                log.warning("a session actor did not start; trying once more")
+                ray.kill(handle, no_restart=True)
+                await asyncio.sleep(0.5)
+        raise AssertionError("unreachable")
 
     def _remember(self, key: str, handle: ActorHandle, owner: str | None) -> None:
         self._handles[key] = handle
@@ -232,6 +263,7 @@ class SessionClient:
             ray.kill(handle, no_restart=True)
             if handle_deleted:
                 return
+        await stop_child(key)  # its streams run on while the session's own actor rests
         await asyncio.to_thread(self.store.delete_session, key)
         self.registry.gone.remote(key, "deleted")
 
@@ -301,11 +333,16 @@ class SparePool:
 
     Starting an actor's worker process costs about a second of CPU; a burst of new users would
     queue behind it. A spare is an actor that is up but not yet a session (no row in the store),
-    so it answers nothing until the gateway gives its ID to a new user. Spares are refilled one
-    at a time after each claim, and a spare unclaimed for an hour ends itself.
+    so it answers nothing until the gateway gives its ID to a new user. Each spare also costs a
+    process that wakes every 10 ms, so the pool is sized to the demand seen: as many as sessions
+    were created in the last `DEMAND_S` (at most LLMCAM_SPARE_SESSIONS), none for a laptop that
+    creates a session an hour. Spares are refilled one at a time after each claim; those over
+    the demand are ended, and a spare unclaimed for an hour ends itself.
     """
 
     EXPIRE_AFTER = 3600.0
+    DEMAND_S = 600.0
+    CHECK_S = 60.0
 
     def __init__(self, settings: Settings, scheduling: Any = None) -> None:
         self.settings = settings
@@ -314,21 +351,34 @@ class SparePool:
         self._ready: list[tuple[str, ActorHandle]] = []
         self._task: asyncio.Task[None] | None = None
         self._wanted = asyncio.Event()
+        self._taken: deque[float] = deque()  # when sessions were created, within DEMAND_S
+
+    @property
+    def target(self) -> int:
+        horizon = time.monotonic() - self.DEMAND_S
+        while self._taken and self._taken[0] < horizon:
+            self._taken.popleft()
+        return min(self.size, len(self._taken))
 
     def take(self) -> tuple[str, ActorHandle] | None:
-        self._wanted.set()
+        if self.size > 0:
+            self._taken.append(time.monotonic())
+            self._wanted.set()
         return self._ready.pop(0) if self._ready else None
 
     def start(self) -> None:
         if self.size > 0 and self._task is None:
             self._task = asyncio.create_task(self._fill())
-            self._wanted.set()
 
     async def _fill(self) -> None:
         while True:
-            await self._wanted.wait()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._wanted.wait(), self.CHECK_S)
             self._wanted.clear()
-            while len(self._ready) < self.size:
+            while len(self._ready) > self.target:  # less demand than spares: end the oldest
+                _, handle = self._ready.pop(0)
+                ray.kill(handle, no_restart=True)
+            while len(self._ready) < self.target:
                 try:
                     self._ready.append(await self._make())
                 except Exception:  # Ray busy or going away: try again later

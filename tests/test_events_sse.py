@@ -170,14 +170,21 @@ def session_actor_info(sid: str) -> dict[str, Any] | None:
     return alive[0] if alive else None
 
 
-def live_children(owner: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """NotificationActors (not dead) owned by the given session actor."""
-    if owner is None:
-        return []
-    where = (owner["Address"]["IPAddress"], owner["Address"]["Port"])
+def stream_children(sid: str) -> list[dict[str, Any]]:
+    """The session's notification actors that are not dead (at most one, by design)."""
+    name = f"notify:{session_key(sid)}"
     return [a for a in ray_state.actors().values()
-            if a.get("ActorClassName") == "NotificationActor" and a.get("State") != "DEAD"
-            and (a["OwnerAddress"]["IPAddress"], a["OwnerAddress"]["Port"]) == where]
+            if a.get("ActorClassName") == "NotificationActor" and a.get("Name") == name
+            and a.get("State") != "DEAD"]
+
+
+def child_streams(sid: str) -> set[str] | None:
+    """The streams the session's notification actor runs now; None when it has none."""
+    try:
+        child = ray.get_actor(f"notify:{session_key(sid)}", namespace=NAMESPACE)
+        return set(ray.get(child.status.remote(), timeout=30)["streams"])
+    except (ValueError, ray.exceptions.RayActorError):
+        return None
 
 
 def kill_session_actor(sid: str, restart: bool = False) -> None:

@@ -1,6 +1,7 @@
 """Notification streams end to end: started by a chat turn (the stand-in model calls the tool),
-run as child actors of their session, delivered over /events, stopped three ways, limited,
-retried, brought back after their session's actor is killed, and kept to their own session."""
+run by their session's one child actor, delivered over /events, stopped three ways, limited,
+retried, running on when their session's actor is killed, resumed once when the child is, and
+kept to their own session."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ from tests.test_events_sse import (
     Listener,
     assert_valid_conversation,
     chat,
+    child_streams,
     kill_session_actor,
-    live_children,
     new_sid,
     send,
     session_actor_info,
     start_streams,
+    stream_children,
     stream_requests,
     streams_of,
     until,
@@ -98,8 +100,7 @@ async def test_stream_from_chat_delivers_in_order_and_stops_itself(
         # its own model stops it
         fresh_llm.script(task, [ToolCalls([Call("stop_notification", {"noti_id": noti_id})])])
         await until(lambda: _status(ac, sid, noti_id, "stopped"), "the stream to stop itself")
-        owner = session_actor_info(sid)
-        await until(lambda: not live_children(owner), "its actor to be gone")
+        await until(lambda: not stream_children(sid), "its actor to be gone (nothing runs)")
         await assert_quiet(fresh_llm, noti_id)
         assert tab.ids == [1, 2, 3]
     finally:
@@ -139,8 +140,7 @@ async def test_stop_by_api_and_by_chat_and_other_sessions_cannot(
         listing = await streams_of(ac, sid)
         assert listing[first]["status"] == "stopped" and listing[second]["status"] == "running"
         assert listing[first]["sent"] == 1
-        owner = session_actor_info(sid)
-        await until(lambda: len(live_children(owner)) == 1, "the stopped stream's actor gone")
+        assert child_streams(sid) == {second}  # the one child runs only the other now
         response = await ac.delete(f"/api/sessions/{sid}/notifications/{uuid.uuid4()}")
         assert response.status_code == 404
 
@@ -150,7 +150,7 @@ async def test_stop_by_api_and_by_chat_and_other_sessions_cannot(
         turn = await chat(ac, sid, marker)
         assert turn["messages"][2]["content"] == f"Notification stream {second} stopped."
         assert (await streams_of(ac, sid))[second]["status"] == "stopped"
-        await until(lambda: not live_children(owner), "both actors gone")
+        await until(lambda: not stream_children(sid), "the child gone with both streams")
         await assert_quiet(fresh_llm, first, second)
         assert other_tab.events == [] and len(tab.events) == 2
     finally:
@@ -188,13 +188,13 @@ async def test_sixth_stream_refused_and_deleting_the_session_stops_all(
         ours = [m for m in first if m.get("content") ==
                 f"Notification stream started with ID {noti_id}"]
         assert len(ours) == 1
-    owner = session_actor_info(sid)
-    assert len(live_children(owner)) == 5
+    assert len(stream_children(sid)) == 1  # five streams, one process
+    assert child_streams(sid) == set(listing)
     assert (await ac.delete(f"/api/sessions/{sid}")).status_code == 204
     assert (await ac.get(f"/api/sessions/{sid}")).status_code == 404
     assert (await ac.get(f"/api/sessions/{sid}/notifications")).status_code == 404
     assert (await ac.get(f"/api/sessions/{sid}/events")).status_code == 404
-    await until(lambda: not live_children(owner), "every stream's actor gone")
+    await until(lambda: not stream_children(sid), "the streams' actor gone")
     await assert_quiet(fresh_llm, *listing)
 
 
@@ -218,49 +218,62 @@ async def test_failing_round_is_retried_at_the_next_interval(
         await tab.close()
 
 
-async def test_streams_come_back_after_the_session_actor_is_killed(
+async def test_streams_outlive_their_session_actor_and_resume_once_after_their_own(
         gateway: Gateway, ac: httpx.AsyncClient, fresh_llm: OpenAIServer) -> None:
     sid = await new_sid(ac)
-    task = f"watch-durable-{tag()}"
-    fresh_llm.script(task, send("before the crash"))
+    tasks = [f"watch-durable-{tag()}", f"watch-durable-{tag()}"]
+    fresh_llm.script(tasks[0], send("before the crash"))
     tab = await Listener(gateway.url, sid).opened()
     try:
-        [noti_id] = await start_streams(ac, fresh_llm, sid, [task])
+        noti_ids = await start_streams(ac, fresh_llm, sid, tasks)
         await tab.wait_for(1)
+        [child] = stream_children(sid)
+
+        # the session's actor crashes: its streams run on in their own actor, and the open
+        # /events goes on with the restarted session actor
         first = session_actor_info(sid)
-        assert first is not None and len(live_children(first)) == 1
-
-        # Ray restarts the killed actor; it brings its stream back by itself (no request)
+        assert first is not None
         kill_session_actor(sid, restart=True)
-        await until(lambda: not live_children(first), "the stream to die with its session")
-        second = await until(lambda: (lambda a: a if a and a["Pid"] != first["Pid"]
-                                      and live_children(a) else None)(session_actor_info(sid)),
-                             "the restarted actor to resume its stream")
-        fresh_llm.script(task, send("after a restart"))
-        # the open /events goes on with the restarted actor
+        await until(lambda: (lambda a: a is not None and a["Pid"] != first["Pid"])(
+            session_actor_info(sid)), "the session's actor restarted")
+        fresh_llm.script(tasks[0], send("after a restart"))
         await tab.wait_for(2)
+        assert [c["Pid"] for c in stream_children(sid)] == [child["Pid"]]
 
-        # killed for good: the next request rebuilds it from the store, stream included
+        # killed for good: the streams still run; the next request rebuilds the session
         kill_session_actor(sid)
-        await until(lambda: not live_children(second), "the stream to die again")
-        fresh_llm.script(task, send("after a rebuild"))
+        fresh_llm.script(tasks[0], send("while it rests"))
+        await until(lambda: _sent(ac, sid, noti_ids[0], 3), "a notification stored meanwhile")
         events = await tab.wait_for(3)
-        assert [(e["id"], e["message"]) for e in events] == [
-            (1, "before the crash"), (2, "after a restart"), (3, "after a rebuild")]
-        assert {e["noti_id"] for e in events} == {noti_id}
-        listing = await streams_of(ac, sid)
-        assert listing[noti_id]["status"] == "running" and listing[noti_id]["sent"] == 3
-        third = session_actor_info(sid)
-        assert third is not None and third["Pid"] not in (first["Pid"], second["Pid"])
-        [child] = live_children(third)
 
-        # a child that dies by itself is reported failed, and not brought back
+        # the child itself dies: Ray restarts it and it resumes every running stream, once
         os.kill(child["Pid"], signal.SIGKILL)
-        await until(lambda: _status(ac, sid, noti_id, "failed"), "the stream to be failed")
-        await until(lambda: not live_children(third), "no actor for the failed stream")
-        assert tab.ids == [1, 2, 3]
+        await until(lambda: (lambda cs: len(cs) == 1 and cs[0]["Pid"] != child["Pid"]
+                             and cs[0]["State"] == "ALIVE")(stream_children(sid)),
+                    "the child restarted")
+        await until(lambda: child_streams(sid) == set(noti_ids), "both streams resumed")
+        fresh_llm.script(tasks[0], send("after the child's crash"))
+        events = await tab.wait_for(4)
+        assert [(e["id"], e["message"]) for e in events] == [
+            (1, "before the crash"), (2, "after a restart"), (3, "while it rests"),
+            (4, "after the child's crash")]
+        assert {e["noti_id"] for e in events} == {noti_ids[0]}
+        listing = await streams_of(ac, sid)
+        assert {s["status"] for s in listing.values()} == {"running"}
+        assert listing[noti_ids[0]]["sent"] == 4
+        # once, not twice: the resumed streams share one actor, and each keeps one schedule
+        before = {n: len(stream_requests(fresh_llm, n)) for n in noti_ids}
+        await asyncio.sleep(4.5)  # four or five rounds at a 1 s interval, model answers at once
+        made = {n: len(stream_requests(fresh_llm, n)) - before[n] for n in noti_ids}
+        assert all(2 <= m <= 7 for m in made.values()), made
+        assert len(stream_children(sid)) == 1
+        assert tab.ids == [1, 2, 3, 4]
     finally:
         await tab.close()
+
+
+async def _sent(c: httpx.AsyncClient, sid: str, noti_id: str, n: int) -> bool:
+    return (await streams_of(c, sid))[noti_id]["sent"] >= n
 
 
 async def test_stream_tools_in_the_chat(gateway: Gateway, ac: httpx.AsyncClient,

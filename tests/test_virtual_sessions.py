@@ -1,6 +1,6 @@
 """Virtual session actors: an idle session's actor goes away and comes back with everything,
-for both stores; a turn that races the handover counts once; a running stream keeps its
-session live; the cap sheds the least recently used idle session and answers 503 only when
+for both stores; a turn that races the handover counts once; a session rests while its
+streams deliver; the cap sheds the least recently used idle session and answers 503 only when
 every live one is busy."""
 
 from __future__ import annotations
@@ -13,10 +13,18 @@ import httpx
 import pytest
 import ray
 
-from actors.names import NAMESPACE, actor_name
+from actors.names import NAMESPACE, actor_name, session_key
+from actors.store import open_store
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway, fresh_database, make_settings
-from tests.test_events_sse import Listener, chat, send, start_streams, until
+from tests.test_events_sse import (
+    Listener,
+    chat,
+    send,
+    start_streams,
+    stream_children,
+    until,
+)
 
 IDLE = 1.0
 
@@ -120,22 +128,41 @@ async def test_a_turn_racing_the_passivation_is_recorded_once(
     assert len(pids) > 1  # the actor did passivate between turns
 
 
-async def test_a_running_stream_keeps_its_session_live(idle_gateway: Gateway,
-                                                       ac: httpx.AsyncClient,
-                                                       fresh_llm: OpenAIServer) -> None:
+async def test_a_session_rests_while_its_streams_deliver(idle_gateway: Gateway,
+                                                        ac: httpx.AsyncClient,
+                                                        fresh_llm: OpenAIServer) -> None:
+    """A running stream does not keep its session's actor live: the session passivates, the
+    stream's child stores and numbers its notifications meanwhile, and /events after the
+    reactivation replays exactly those, then goes live; another session hears none of them."""
     sid = (await ac.post("/api/sessions")).json()["session_id"]
+    other = (await ac.post("/api/sessions")).json()["session_id"]
     [noti_id] = await start_streams(ac, fresh_llm, sid, ["keep telling me"])
     fresh_llm.script(f"notification stream {noti_id}",
                      [reply for n in range(6) for reply in send(f"tick {n}")])
-    pid = pid_of(sid)
-    await asyncio.sleep(IDLE * 4)  # well past the idle time, with no request of ours
-    assert pid_of(sid) == pid
-    listener = await Listener(idle_gateway.url, sid).opened()
-    events = await listener.wait_for(3)
-    await listener.close()
-    assert [e["message"] for e in events[:3]] == ["tick 0", "tick 1", "tick 2"]
+    await until(lambda: not live(sid), "the session to passivate while its stream runs")
+
+    store = open_store(idle_gateway.settings.db_url, migrate=False)
+    try:  # read from the store: a request would wake the session
+        await until(lambda: store.streams(session_key(sid))[0]["sent"] >= 3,
+                    "three notifications stored while the session rested")
+    finally:
+        store.close()
+    assert not live(sid)  # nothing woke it
+    [child] = stream_children(sid)
+    listener = await Listener(idle_gateway.url, sid).opened()  # reactivates it: replay, live
+    theirs = await Listener(idle_gateway.url, other).opened()
+    try:
+        events = await listener.wait_for(6)
+        assert [e["message"] for e in events] == [f"tick {n}" for n in range(6)]
+        assert listener.ids == [1, 2, 3, 4, 5, 6]
+        assert [c["Pid"] for c in stream_children(sid)] == [child["Pid"]]  # the same child
+        assert theirs.events == []
+    finally:
+        await listener.close()
+        await theirs.close()
     assert (await ac.delete(f"/api/sessions/{sid}/notifications/{noti_id}")).status_code == 204
-    await until(lambda: not live(sid), "the session to passivate once the stream stopped")
+    await until(lambda: not stream_children(sid), "the child gone with its last stream")
+    await until(lambda: not live(sid), "the session to passivate again")
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,6 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from actors.context import ToolContext
-from actors.names import session_key
 from actors.settings import Settings
 
 TIMEOUT_S = 30.0
@@ -159,7 +158,7 @@ def prepare_scratch(key: str) -> tuple[Path, int]:
 
 def scratch_dir(ctx: ToolContext) -> Path:
     """This session's working directory for shell commands."""
-    return prepare_scratch(session_key(ctx.session_id))[0]
+    return prepare_scratch(ctx.key)[0]
 
 
 def _open_up(path: str) -> None:
@@ -195,7 +194,7 @@ def remove_scratch(key: str) -> None:
 
 def cleanup(ctx: ToolContext) -> None:
     """`remove_scratch` for the session of `ctx`."""
-    remove_scratch(session_key(ctx.session_id))
+    remove_scratch(ctx.key)
 
 
 def minimal_path() -> str:
@@ -436,5 +435,5 @@ async def execute_bash_command(
     code."""
     if not ctx.settings.enable_shell:
         return "The shell is disabled on this server (LLMCAM_ENABLE_SHELL is off)."
-    return await run_sandboxed(command, session_key(ctx.session_id),
+    return await run_sandboxed(command, ctx.key,
                                protect=protected_paths(ctx.settings))
