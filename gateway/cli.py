@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"llmcam: refusing to listen on {args.host} while LLMCAM_AUTH is "
                          "unset: set LLMCAM_AUTH=oidc or proxy (or none, to let anyone in)\n")
         raise SystemExit(2)
+    if not settings.llm_configured:
+        logging.getLogger("llmcam").warning(
+            "no LLM configured: set OPENAI_API_KEY (OpenAI's own API), or OPENAI_BASE_URL for "
+            "an OpenAI-compatible server (vLLM, Ollama, llama.cpp), then restart")
     if not settings.ray_address:
         # Ray reads this when imported: an embedded Ray then binds and advertises 127.0.0.1
         # only, so a laptop's chat server exposes nothing to its network.
@@ -76,7 +80,11 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
 
         # Ray is joined (or started) here, in the main thread; uvicorn then owns the stop
         # signals while it runs, and only a Ray this process started is stopped.
-        connect(settings)
+        if connect(settings) and sys.platform.startswith("linux"):
+            from gateway import reaper
+
+            # held until this process ends: then its Ray's last processes are ended too
+            watcher = reaper.start(ray.get_runtime_context().get_node_id())  # noqa: F841
         app = create_app(settings, listen_host=args.host)
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
                     timeout_graceful_shutdown=5)

@@ -49,6 +49,7 @@ class Me(BaseModel):
     auth: Literal["none", "proxy", "oidc"]
     usage: DayUsage
     limits: dict[str, float]
+    llm_configured: bool = True  # False: no OPENAI_API_KEY nor OPENAI_BASE_URL (the page says so)
 
 
 class Message(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import ray
 
@@ -10,6 +11,9 @@ from actors.names import NAMESPACE
 from actors.settings import Settings
 
 log = logging.getLogger(__name__)
+# Each passivation leaves a dead actor's record (~100 kB) in the GCS; Ray keeps 100,000 of them by
+# default (~10 GB). A thousand (~100 MB) still show the latest passivations in `ray list actors`.
+DEAD_ACTORS_KEPT = "1000"
 
 
 def connect(settings: Settings, *, include_dashboard: bool | None = None) -> bool:
@@ -21,8 +25,19 @@ def connect(settings: Settings, *, include_dashboard: bool | None = None) -> boo
         ray.init(address=settings.ray_address, namespace=NAMESPACE, runtime_env=runtime_env,
                  logging_level=logging.WARNING)
         return False
-    # A fresh local Ray even where another one runs here, on loopback (see gateway.cli).
-    ray.init(address="local", _node_ip_address="127.0.0.1", namespace=NAMESPACE,
-             runtime_env=runtime_env, include_dashboard=include_dashboard,
-             dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+    # Read by the GCS this process starts (inherited environment).
+    os.environ.setdefault("RAY_maximum_gcs_destroyed_actor_cached_count", DEAD_ACTORS_KEPT)
+    for attempt in (1, 2):
+        try:
+            # A fresh local Ray even where another one runs here, on loopback (see gateway.cli).
+            ray.init(address="local", _node_ip_address="127.0.0.1", namespace=NAMESPACE,
+                     runtime_env=runtime_env, include_dashboard=include_dashboard,
+                     dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+            return True
+        except Exception as exc:  # a start that timed out under load: once more, from scratch
+            ray.shutdown()  # what was half started
+            if attempt == 2:
+                raise
+            log.warning("the embedded Ray did not start (%s: %s); trying once more",
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
     return True

@@ -95,12 +95,14 @@ class Gateway:
     """The real app under real uvicorn, in a thread of the test process (which is a Ray
     driver already, so the gateway uses that Ray)."""
 
-    def __init__(self, settings: Settings, deploy_detector: bool = False) -> None:
+    def __init__(self, settings: Settings, deploy_detector: bool = False,
+                 port: int | None = None, graceful_s: float | None = None) -> None:
         self.settings = settings
-        self.port = free_port()
+        self.port = port or free_port()
         app = create_app(settings, deploy_detector=deploy_detector)
         self.server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False))
+            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
+            timeout_graceful_shutdown=graceful_s))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property

@@ -66,3 +66,68 @@ def test_serve_with_embedded_ray(tmp_path: Path, llm) -> None:
         if proc.poll() is None:
             proc.kill()
     assert sid not in log.read_text()
+
+
+def _serve(data: Path, log: Path, **env_vars: str) -> tuple[subprocess.Popen[bytes], str]:
+    """`llmcam serve` with an embedded Ray on `data`, ready; without OPENAI_* unless given."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    env.update({"LLMCAM_DATA": str(data), "LLMCAM_SPARE_SESSIONS": "0", **env_vars})
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+                            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+
+
+def test_a_hard_kill_leaves_no_ray_behind_and_the_next_serve_has_every_session(
+        tmp_path: Path, llm) -> None:
+    data, log = tmp_path / "data", tmp_path / "serve.log"
+    proc, url = _serve(data, log, OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="k")
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            sid = c.post("/api/sessions").json()["session_id"]
+            assert c.post(f"/api/sessions/{sid}/messages",
+                          json={"content": "before the kill"}).status_code == 200
+            assert c.get("/api/me").json()["llm_configured"] is True
+        ray_procs = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in " ".join(p.cmdline()) for p in ray_procs)
+        # the GCS keeps a bounded number of dead actors' records (passivations leave them)
+        [gcs] = [p for p in ray_procs if "gcs_server" in " ".join(p.cmdline())]
+        assert gcs.environ()["RAY_maximum_gcs_destroyed_actor_cached_count"] == "1000"
+        proc.kill()  # SIGKILL: no shutdown code runs (an OOM kill, a power cut of the process)
+        proc.wait(30)
+        deadline = time.monotonic() + 30  # Ray's processes share the gateway's fate
+        while left := [p for p in ray_procs
+                       if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]:
+            assert time.monotonic() < deadline, [" ".join(p.cmdline()[:2]) for p in left]
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    # the next serve on the same data directory, this time with no LLM named: it says so at
+    # start-up and on /api/me (the page's notice), and has the session whole
+    proc, url = _serve(data, log)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as c:
+            history = c.get(f"/api/sessions/{sid}/messages")
+            assert history.status_code == 200
+            assert [m["content"] for m in history.json()] == ["before the kill",
+                                                               "echo: before the kill"]
+            assert c.get("/api/me").json()["llm_configured"] is False
+        assert "no LLM configured: set OPENAI_API_KEY" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -12,8 +12,9 @@ router = APIRouter(prefix="/api/me", tags=["users"])
 
 @router.get("", response_model=Me)
 async def me(caller: CallerDep, quota: QuotaDep, request: Request) -> Me:
-    """The signed-in user's shown name (null when nobody signs in), the day's usage (UTC) and
-    each per-user limit."""
+    """The signed-in user's shown name (null when nobody signs in), the day's usage (UTC),
+    each per-user limit, and whether the server has an LLM configured."""
     settings = request.app.state.settings
     return Me(user=caller.name, auth=settings.auth or "none",
-              usage=DayUsage(**await quota.usage(caller)), limits=settings.limits())
+              usage=DayUsage(**await quota.usage(caller)), limits=settings.limits(),
+              llm_configured=settings.llm_configured)

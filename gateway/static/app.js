@@ -1170,6 +1170,9 @@ const sleep = (ms, signal) => new Promise((resolve) => {
   signal.addEventListener('abort', () => { clearTimeout(timer); resolve(); }, { once: true });
 });
 
+const RECONNECTING = 'Disconnected from the server: reconnecting… (notifications sent '
+  + 'meanwhile arrive once it is back)';
+
 async function listenEvents(sid, signal) {
   let lastId = '', delay = 1000, said = '';
   while (!signal.aborted) {
@@ -1187,6 +1190,7 @@ async function listenEvents(sid, signal) {
           if (id) lastId = id;
           if (type === 'notification') onNotification({ data, lastEventId: id });
         });
+        if (!signal.aborted) showEventsProblem(RECONNECTING);  // the server ended it
       } else {
         const err = await apiError(res);
         if (signal.aborted || res.status === 404 || res.status === 401) return;
@@ -1198,6 +1202,8 @@ async function listenEvents(sid, signal) {
       }
     } catch {
       if (signal.aborted) return;                // the chat was left
+      said = '';
+      showEventsProblem(RECONNECTING);           // the server is gone or restarting
     }
     await sleep(wait, signal);
     delay = Math.min(delay * 2, 30000);
@@ -1302,10 +1308,20 @@ async function whoAmI() {
   try { me = await res.json(); } catch { return 'anonymous'; }
   account.auth = typeof me?.auth === 'string' ? me.auth : 'none';
   account.user = typeof me?.user === 'string' && me.user ? me.user : null;
+  if (me?.llm_configured === false) showNoModel();
   if (!account.user) return 'anonymous';
   els.accountName.textContent = account.user;
   els.account.hidden = false;
   return 'user';
+}
+
+// The server has no LLM to talk to: say so now, not as "Connection error" after a message.
+function showNoModel() {
+  els.noticeTitle.textContent = 'No language model configured';
+  els.noticeText.textContent = 'This server has no LLM to answer with. Whoever runs it sets '
+    + 'OPENAI_API_KEY (for OpenAI), or OPENAI_BASE_URL for an OpenAI-compatible server such '
+    + 'as vLLM, Ollama or llama.cpp, and restarts it.';
+  els.notice.hidden = false;
 }
 
 function showSignInNeeded(detail) {
