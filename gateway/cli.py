@@ -84,7 +84,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> None:
             from gateway import reaper
 
             # held until this process ends: then its Ray's last processes are ended too
-            watcher = reaper.start(ray.get_runtime_context().get_node_id())  # noqa: F841
+            watcher = reaper.start()  # noqa: F841
         app = create_app(settings, listen_host=args.host)
         uvicorn.run(app, host=args.host, port=args.port, access_log=False, log_level="info",
                     timeout_graceful_shutdown=5)

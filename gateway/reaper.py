@@ -3,15 +3,16 @@ killed hard (SIGKILL, an out-of-memory kill): no shutdown code runs then.
 
 Ray ties its GCS and raylet to the gateway (the kernel's parent-death signal), and its workers
 go with the raylet, but its dashboard and runtime-env agents linger for a minute or more. So the
-gateway starts this small process with a pipe as its stdin and keeps the other end open: when
-the gateway ends, however it ends, the pipe closes and this process ends every process of the
-gateway's Ray node (those whose environment names its `RAY_NODE_ID`), first asking, then
-killing. After a clean stop there is nothing left to end. Run as
-`python -m gateway.reaper <node id>`; started by gateway.cli only for an embedded Ray."""
+gateway starts this small process with a pipe as its stdin and keeps the other end open. While
+the pipe is open it notes the gateway's process tree every few seconds (pid and start time of
+each descendant); when the pipe closes (the gateway ended, however it ended) it ends what is
+left of that tree, first asking, then killing. After a clean stop nothing is left to end. Run as
+`python -m gateway.reaper <gateway pid>`; started by gateway.cli only for an embedded Ray."""
 
 from __future__ import annotations
 
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -19,52 +20,62 @@ import time
 from pathlib import Path
 
 GRACE_S = 2.0
+LOOK_S = 3.0  # how often the tree is noted while the gateway runs
 
 
-def node_processes(node_id: str) -> list[int]:
-    """The processes (of this user) whose environment names `node_id`."""
-    marker = f"RAY_NODE_ID={node_id}".encode()
-    found = []
+def _stat(pid: int) -> tuple[int, str, int] | None:
+    """(parent pid, state, start time) of a process, None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), fields[0], int(fields[19])
+
+
+def descendants(root: int) -> dict[int, int]:
+    """Every process under `root`: pid -> start time (to know it again, not a reused pid)."""
+    children: dict[int, list[int]] = {}
+    started: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:  # gone, or another user's
-            continue
-        if marker in environ.split(b"\0"):
-            found.append(int(entry.name))
+        if entry.name.isdigit() and (stat := _stat(int(entry.name))) is not None:
+            children.setdefault(stat[0], []).append(int(entry.name))
+            started[int(entry.name)] = stat[2]
+    found: dict[int, int] = {}
+    todo = list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if pid != os.getpid() and pid in started:
+            found[pid] = started[pid]
+            todo += children.get(pid, [])
     return found
 
 
-def end_all(node_id: str) -> int:
-    """SIGTERM each, then SIGKILL whoever is left after GRACE_S; how many there were."""
-    pids = node_processes(node_id)
+def _left(noted: dict[int, int]) -> list[int]:
+    return [pid for pid, start in noted.items()
+            if (stat := _stat(pid)) is not None and stat[2] == start and stat[1] != "Z"]
+
+
+def end_all(noted: dict[int, int]) -> int:
+    """SIGTERM what is left of the noted processes, SIGKILL whoever stays past GRACE_S; how
+    many were left."""
+    left = _left(noted)
+    count = len(left)
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        for pid in pids:
+        for pid in left:
             try:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + GRACE_S
-        while sig == signal.SIGTERM and time.monotonic() < deadline:
-            pids = [p for p in pids if Path(f"/proc/{p}").exists() and not _zombie(p)]
-            if not pids:
-                break
+        while sig == signal.SIGTERM and left and time.monotonic() < deadline:
             time.sleep(0.1)
-    return len(pids)
+            left = _left({pid: noted[pid] for pid in left})
+    return count
 
 
-def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def start(node_id: str) -> subprocess.Popen[bytes]:
+def start() -> subprocess.Popen[bytes]:
     """The watcher of this process (the gateway): keep the returned object while it runs."""
-    return subprocess.Popen([sys.executable, "-m", "gateway.reaper", node_id],
+    return subprocess.Popen([sys.executable, "-m", "gateway.reaper", str(os.getpid())],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
 
 
@@ -72,10 +83,14 @@ def main() -> None:
     # Ctrl-C reaches the whole foreground process group: the gateway stops, this one stays to
     # look after it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    node_id = sys.argv[1]
-    while sys.stdin.buffer.read(1 << 16):  # until EOF: the gateway ended
-        pass
-    end_all(node_id)
+    gateway = int(sys.argv[1])
+    noted = descendants(gateway)
+    while True:
+        ready, _, _ = select.select([sys.stdin.buffer], [], [], LOOK_S)
+        if ready and not os.read(sys.stdin.fileno(), 1 << 16):
+            break  # EOF: the gateway ended
+        noted.update(descendants(gateway))
+    end_all(noted)
 
 
 if __name__ == "__main__" and sys.platform.startswith("linux"):

@@ -79,6 +79,10 @@ class ConfirmPage(Page):
         """The user's message; the stand-in model calls start_notification_stream with `task`,
         then answers with `after`."""
         marker = f"watch-{uuid.uuid4().hex[:8]}"
+        # The stream's own rounds (they start before the tool answers) have their own replies,
+        # so that they never take the chat's: only their first message says what they are.
+        self.llm.script("You are llmcam's notification stream",
+                        [Text("Nothing to report.") for _ in range(20)])
         self.llm.script(marker, [ToolCalls([Call("start_notification_stream",
                                                  {"task": task, "interval_seconds": 5})]),
                                  *after])
