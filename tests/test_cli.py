@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, serve_embedded
 
 
 def loopback(ip: str) -> bool:
@@ -68,31 +68,10 @@ def test_serve_with_embedded_ray(tmp_path: Path, llm) -> None:
     assert sid not in log.read_text()
 
 
-def _serve(data: Path, log: Path, **env_vars: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`llmcam serve` with an embedded Ray on `data`, ready; without OPENAI_* unless given."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    env.update({"LLMCAM_DATA": str(data), "LLMCAM_SPARE_SESSIONS": "0", **env_vars})
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-
-
 def test_a_hard_kill_leaves_no_ray_behind_and_the_next_serve_has_every_session(
         tmp_path: Path, llm) -> None:
     data, log = tmp_path / "data", tmp_path / "serve.log"
-    proc, url = _serve(data, log, OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="k")
+    proc, url = serve_embedded(data, log, OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="k")
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
             sid = c.post("/api/sessions").json()["session_id"]
@@ -117,7 +96,7 @@ def test_a_hard_kill_leaves_no_ray_behind_and_the_next_serve_has_every_session(
 
     # the next serve on the same data directory, this time with no LLM named: it says so at
     # start-up and on /api/me (the page's notice), and has the session whole
-    proc, url = _serve(data, log)
+    proc, url = serve_embedded(data, log)
     try:
         with httpx.Client(base_url=url, timeout=60) as c:
             history = c.get(f"/api/sessions/{sid}/messages")
