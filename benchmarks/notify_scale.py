@@ -568,7 +568,8 @@ def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
         (f"time between two rounds' sends of one stream, p50 / p99 (ms; interval "
          f"{args.interval * 1000:.0f})",
          f"{ms(run.round_gaps, 50)} / {ms(run.round_gaps, 99)}", "", ""),
-        ("stream actor USS, median / max (MB)", mem(run.stream_uss), "", ""),
+        ("notification actor USS (one per session), median / max (MB)", mem(run.stream_uss),
+         "", ""),
         ("session actor USS, median / max (MB)", mem(run.session_uss), "", ""),
         ("shared LLMClient actor USS, median / max (MB)", mem(run.llm_uss), "", ""),
         ("notifications: sent by the model / stored / received by the listeners",
@@ -606,7 +607,8 @@ def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
         "zero-latency OpenAI stand-in (`testing.standins.OpenAIServer`), in this process. "
         "Gateway: the real app under uvicorn in a subprocess with its embedded Ray (no YOLO "
         "detector). USS = `psutil.Process(pid).memory_full_info().uss` of the actor's process "
-        "(found by its title `ray::NotificationActor…`), MB = 10^6 bytes. After the window "
+        "(found by its title `ray::NotificationActor…`, one per session since issue 17), "
+        "MB = 10^6 bytes. After the window "
         "every stream is stopped and every listener is checked for ids 1..n, each once, and "
         "every stream for its notifications 1..sent.",
         "",
@@ -628,24 +630,26 @@ def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
 def limits_note(args: argparse.Namespace, run: Run, limiting: list[tuple[float, str]]) -> str:
     cores = psutil.cpu_count() or 1
     top = ", ".join(f"{k} ({v / max(run.window_s, 1e-9):.2f} cores)" for v, k in limiting[:3])
-    actors = run.started_streams + args.sessions + 2
+    children = len(run.stream_uss) or args.sessions  # one NotificationActor per session
+    actors = children + args.sessions + 1
     floor = (f"{actors} actor processes × {run.idle_millicores:.0f} millicores ≈ "
              f"{actors * run.idle_millicores / 1000:.2f} cores"
              if run.idle_millicores is not None else "about 1% of a core per actor process")
     notes = [
-        f"CPU. Everything (stand-in, listeners, gateway, Ray, {run.started_streams} stream "
-        f"actors, {args.sessions} session actors, 2 LLMClient actors) shares these {cores} "
-        f"cores; the busiest in the window were {top}. Every Ray actor process costs CPU while "
-        "it waits (its task loop wakes every 10 ms to check for signals), so the actors alone "
-        f"keep {floor} busy before any round runs. Each round then is two model calls through "
-        "the two shared LLMClient actors (every streamed delta a Ray item), one tool call, an "
-        "actor call to the session, an SQLite transaction and an SSE write",
+        f"CPU. Everything (stand-in, listeners, gateway, Ray, {children} notification actors "
+        f"running {run.started_streams} streams, {args.sessions} session actors kept live by "
+        f"their listeners, the LLMClient actor) shares these {cores} cores; the busiest in the "
+        f"window were {top}. Every Ray actor process costs CPU while it waits (its task loop "
+        f"wakes every 10 ms to check for signals), so the actors alone keep {floor} busy "
+        "before any round runs. Each round then is two model calls through the shared "
+        "LLMClient actor (every streamed delta a Ray item), one tool call, a store transaction "
+        "in the notification actor, an actor call to the live session and an SSE write",
         "rounds start `interval` after the previous one ended, so a saturated machine stretches "
         "the time between rounds (row above) instead of piling up work; the lag is then the "
         "time a ready event waits for CPU in the processes on its path",
-        "start-up: each stream is a process (about a second of CPU to start here), so 100 "
-        "streams take minutes to start on 2 cores; memory (USS per stream actor above) sets "
-        "how many streams a node holds",
+        "start-up: each session with streams is one more process (about a second of CPU to "
+        "start here), so a hundred sessions take minutes to start on 2 cores; memory (USS per "
+        "notification actor above) sets how many sessions with streams a node holds",
         "the stand-in and the listeners share this process's GIL, which adds to the measured "
         "lag when this process is busy",
     ]
