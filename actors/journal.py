@@ -4,10 +4,13 @@ actor). Every write is fenced by that epoch; every call runs off the actor's eve
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from actors.store import FileInfo, Store, StoredMessage
 from actors.store_sql import Epoch
+
+log = logging.getLogger(__name__)
 
 
 class SessionJournal:
@@ -50,6 +53,15 @@ class SessionJournal:
     # costs --------------------------------------------------------------------------------------
     async def add_tokens(self, account: str | None, prompt: int, completion: int) -> None:
         await self._run(self.store.add_tokens, account, prompt, completion)
+
+    async def add_usage(self, account: str | None, usage: dict[str, Any]) -> None:
+        """One model call's token counts (a `usage` event), for this session and `account`;
+        with the store down the work goes on and that cost goes uncounted."""
+        try:
+            await self.add_tokens(account, int(usage.get("prompt_tokens") or 0),
+                                  int(usage.get("completion_tokens") or 0))
+        except Exception:
+            log.warning("token counts not recorded")
 
     async def usage(self) -> dict[str, int]:
         return await self._run(self.store.session_usage)

@@ -248,11 +248,7 @@ class NotificationActor:
                 self._session = None
 
     async def add_usage(self, account: str | None, usage: dict[str, Any]) -> None:
-        try:
-            await self._journal.add_tokens(account, int(usage.get("prompt_tokens") or 0),
-                                           int(usage.get("completion_tokens") or 0))
-        except Exception:  # the store is down: the round goes on, its cost goes uncounted
-            log.warning("token counts not recorded")
+        await self._journal.add_usage(account, usage)
 
     async def budget_left(self, account: str | None) -> bool:
         """Whether a stream of `account` may run a round today (LLMCAM_TOKEN_BUDGET)."""

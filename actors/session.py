@@ -334,7 +334,7 @@ class SessionActor:
                     await journal(item["data"]["messages"])
                     continue
                 if item["event"] == "usage":  # what this model call cost, and whom
-                    await self._add_usage(turn.account, item["data"])
+                    await self._journal.add_usage(turn.account, item["data"])
                     continue
                 if item["event"] == "token":
                     if not streaming:
@@ -368,13 +368,6 @@ class SessionActor:
                 self._turn = None
             self._last_used = time.monotonic()
             self._lock.release()
-
-    async def _add_usage(self, account: str | None, usage: dict[str, Any]) -> None:
-        try:
-            await self._journal.add_tokens(account, int(usage.get("prompt_tokens") or 0),
-                                           int(usage.get("completion_tokens") or 0))
-        except Exception:  # the store is down: the turn goes on, its cost goes uncounted
-            log.warning("token counts not recorded")
 
     async def _record(self, turn_id: str | None, bodies: list[dict[str, Any]]) -> None:
         await self._journal.append(turn_id, bodies)
