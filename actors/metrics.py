@@ -3,6 +3,8 @@ dashboard (no server of ours). Made on first use, in the process that records th
 
 from __future__ import annotations
 
+import threading
+import time
 from functools import cache
 from typing import Any
 
@@ -57,6 +59,14 @@ def _metrics() -> dict[str, Any]:
     }
 
 
+# Ray drops a gauge's value from its export about 30 s after it was last set (measured
+# with Ray 2.60): a figure that holds still, like the stored-session count, would vanish.
+# The last value of each gauge is set again every REFRESH_SECONDS by one daemon thread.
+REFRESH_SECONDS = 10.0
+_gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+_gauges_lock = threading.Lock()
+
+
 def record(name: str, value: float = 1.0, **tags: str) -> None:
     """Count (or, for gauges, set; for histograms, observe) one figure; never fails the
     caller."""
@@ -68,5 +78,27 @@ def record(name: str, value: float = 1.0, **tags: str) -> None:
             metric.inc(value, tags=tags or None)
         else:
             metric.set(value, tags=tags or None)
+            with _gauges_lock:
+                _gauges[(name, tuple(sorted(tags.items())))] = value
+            _refresher()
     except Exception:  # metrics are for operators: a missing agent must not break a request
         pass
+
+
+@cache
+def _refresher() -> threading.Thread:
+    thread = threading.Thread(target=_refresh_gauges, name="llmcam-gauges", daemon=True)
+    thread.start()
+    return thread
+
+
+def _refresh_gauges() -> None:
+    while True:
+        time.sleep(REFRESH_SECONDS)
+        with _gauges_lock:
+            current = list(_gauges.items())
+        for (name, tags), value in current:
+            try:
+                _metrics()[name].set(value, tags=dict(tags) or None)
+            except Exception:
+                pass
