@@ -64,6 +64,7 @@ class Detector:
 
     def __init__(self, model: str, imgsz: int = IMGSZ, cpu_threads: int | None = None,
                  fingerprint: str = "") -> None:
+        _keep_replica_port_on_node_address()
         os.environ.setdefault("YOLO_OFFLINE", "1")
         os.environ.setdefault("YOLO_AUTOINSTALL", "False")
         os.environ.setdefault("YOLO_VERBOSE", "False")
@@ -477,42 +478,38 @@ def deploy(settings: Settings, *, max_batch_size: int = MAX_BATCH,
 
 
 class Deployment:
-    """The gateway's start-up deploy, as a Ray task: no thread of the gateway waits in Serve.
+    """The gateway's start-up deploy: the registry runs it (one deploy per cluster, shared
+    with first-use deploys, see `ensure`); the gateway only awaits its outcome to log it once.
 
-    Serve's calls block (the controller, the replicas, a model that loads or fails) and, run
-    in the gateway, would start a Ray of their own (`serve.start` calls `ray.init`) if the
-    gateway had shut Ray down meanwhile. In a task they run inside the cluster, the gateway
-    only awaits the result to log it once, and `stop()` (before `ray.shutdown()`) cancels
-    both: a stop at any moment leaves nothing running in this process."""
+    A cluster's gateway deploys at start (GPU replicas ready before the first user); an
+    embedded server does not: its first detection deploys (see `handle`), so a laptop that
+    never detects keeps no Serve controller, no replica and no torch in memory."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Any) -> None:
         self._settings = settings
-        self._ref: Any = None
+        self._registry = registry
         self._watch: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        remote = ray.remote(num_cpus=0, max_retries=0)(deploy)
-        self._ref = remote.options(name="llmcam-detector-deploy").remote(self._settings)
         self._watch = asyncio.get_running_loop().create_task(self._report())
 
     async def _report(self) -> None:
         try:
-            await self._ref
+            failed = await self._registry.ensure_detector.remote(self._settings, True)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # reported once; `detect_objects` answers with the reason
+        except Exception as exc:  # the registry is gone: the next detection deploys
+            failed = _reason(exc)
+        if failed:  # reported once; `detect_objects` answers with the reason
             log.error("the object detector could not start (not retried; detect_objects "
-                      "answers with the reason): %s", _reason(exc))
+                      "answers with the reason): %s", failed)
 
     async def stop(self) -> None:
-        """Stop waiting, and stop the deploy if it still runs (call before ray.shutdown)."""
+        """Stop waiting (call before ray.shutdown; the deploy itself belongs to the cluster)."""
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._watch
-        if self._ref is not None and ray.is_initialized():
-            with contextlib.suppress(Exception):
-                ray.cancel(self._ref, force=True)
 
 
 def _failure(app: Any) -> str:
@@ -539,23 +536,53 @@ def _model_error(text: str) -> str:
     return text[found:end + len("LLMCAM_YOLO_MODEL") if end >= 0 else found + 400][:400]
 
 
+def _keep_replica_port_on_node_address() -> None:
+    """Ray Serve 2.60 starts, in every replica once its constructor has run, an unauthenticated
+    gRPC server for inter-deployment calls that unpickles what it is sent, and binds it to
+    every interface (`[::]:0`, no setting for the host: ray-project/ray#64544 asks for a port
+    range only). On a laptop that is remote code execution for anyone on the same network.
+    Our handles do not use that transport (`RAY_SERVE_USE_GRPC_BY_DEFAULT` is off), so the
+    replica binds it to its node's Ray address instead, the address every other Ray server of
+    the node listens on (loopback for the embedded Ray). tests/test_cli.py checks that no
+    process of an embedded server listens beyond loopback after a detection."""
+    if not ray.is_initialized():
+        return
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return
+    bind = getattr(replica, "add_port_to_grpc_server", None)
+    if bind is None or getattr(bind, "llmcam_node_address", False):
+        return
+    node_ip = ray.util.get_node_ip_address()
+    host = f"[{node_ip}]" if ":" in node_ip else node_ip
+
+    def on_node_address(server: Any, address: str) -> int:
+        if address.startswith("[::]:"):
+            address = f"{host}:{address.rsplit(':', 1)[1]}"
+        return bind(server, address)
+
+    on_node_address.llmcam_node_address = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = on_node_address
+
+
 # Calling it (from sessions) --------------------------------------------------------------------
 
 _handle: Any = None  # one handle per process: it routes for every session in it
 
 
 def _ready_handle() -> Any:
-    """The deployment's handle when the application is running, else None (raises when its
-    deployment failed)."""
+    """The deployment's handle when the application is running, None while it starts, and
+    ABSENT when nothing deployed it yet (raises when its deployment failed)."""
     from ray.serve.exceptions import RayServeException
 
     try:
         status = serve.status()
     except RayServeException:  # Serve itself is not started yet
-        return None
+        return ABSENT
     app = status.applications.get(APP_NAME)
     if app is None:
-        return None
+        return ABSENT
     if app.status == "DEPLOY_FAILED":
         raise DetectorUnavailable(f"the object detector failed to start: {_failure(app)}")
     if app.status != "RUNNING":
@@ -563,27 +590,52 @@ def _ready_handle() -> Any:
     return serve.get_deployment_handle(DEPLOYMENT, app_name=APP_NAME)
 
 
-async def handle(timeout: float = READY_TIMEOUT_S) -> Any:
-    """The detector's handle, waiting (bounded) for a deployment that is still starting."""
+ABSENT = object()
+
+
+async def handle(settings: Settings | None = None, timeout: float = READY_TIMEOUT_S) -> Any:
+    """The detector's handle, waiting (bounded) for a deployment that is still starting; where
+    none was deployed (an embedded server deploys on first use), asks the registry to deploy
+    it with `settings`."""
     global _handle
     if _handle is not None:
         return _handle
     deadline = time.monotonic() + timeout
+    asked = False
     while True:
         found = await asyncio.to_thread(_ready_handle)
-        if found is not None:
+        if found is ABSENT:
+            if settings is not None and not asked:
+                asked = True
+                await ensure(settings)
+        elif found is not None:
             _handle = found
             return found
         if time.monotonic() >= deadline:
             raise DetectorUnavailable(
-                f"the object detector is not running (waited {timeout:.0f} s); the gateway "
-                "deploys it at start-up, check its log")
+                f"the object detector is not running (waited {timeout:.0f} s); check the "
+                "gateway's log")
         await asyncio.sleep(0.5)
 
 
-async def detect(image: bytes, conf: float = 0.25) -> dict[str, Any]:
-    """Detect objects in one JPEG through the deployment (batched with other sessions')."""
-    response = (await handle()).detect.remote(image, conf)
+async def ensure(settings: Settings) -> None:
+    """Have the cluster's registry deploy the detector (once, whoever asks first)."""
+    from actors.registry import registry_handle
+
+    registry = await asyncio.to_thread(registry_handle)
+    if registry is None:
+        raise DetectorUnavailable("the object detector is not running (no gateway started "
+                                  "this cluster's registry)")
+    failed = await registry.ensure_detector.remote(settings)
+    if failed:
+        raise DetectorUnavailable(f"the object detector failed to start: {failed}")
+
+
+async def detect(image: bytes, conf: float = 0.25,
+                 settings: Settings | None = None) -> dict[str, Any]:
+    """Detect objects in one JPEG through the deployment (batched with other sessions');
+    with `settings`, deployed on first use where nobody deployed it yet."""
+    response = (await handle(settings)).detect.remote(image, conf)
 
     async def result() -> dict[str, Any]:
         return await response

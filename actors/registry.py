@@ -55,6 +55,7 @@ class LiveSessions:
         self._admitting = asyncio.Lock()
         # per store (its URL): the retention sweep and the streams' supervision
         self._sweepers: dict[str, tuple[asyncio.Task[None], ...]] = {}
+        self._detector: Any = None  # the detector's deploy task, once one was asked for
         record("live", len(self._used))
 
     def __repr__(self) -> str:
@@ -164,6 +165,29 @@ class LiveSessions:
         for lease, account in leases.items():
             self._leases[lease] = (account, expires)
 
+    async def ensure_detector(self, settings: Any, wait: bool = False) -> str | None:
+        """Deploy the object detector unless a deploy was started already (a cluster's
+        gateway at its start, an embedded server's first detection): one per cluster. Answers
+        why the deploy failed, once it has (the next call then starts another), else None;
+        `wait` waits for the deploy's end."""
+        if self._detector is None:
+            self._detector = ray.remote(num_cpus=0, max_retries=0)(_deploy_detector).options(
+                name="llmcam-detector-deploy").remote(settings)
+        running = self._detector
+        if not wait:
+            done, _ = await asyncio.to_thread(ray.wait, [running], timeout=0)
+            if not done:
+                return None
+        try:
+            await running
+            return None
+        except Exception as exc:
+            from actors.detector import _reason  # (Serve is imported here only on a failure)
+
+            if self._detector is running:
+                self._detector = None
+            return _reason(exc)
+
     async def _passivate(self, key: str) -> bool:
         """Ask one live session to go; True when it went (or was gone already)."""
         try:
@@ -185,6 +209,14 @@ class LiveSessions:
         alive = await asyncio.to_thread(_live_keys)
         for key in [k for k in self._used if k not in alive]:
             del self._used[key]
+
+
+def _deploy_detector(settings: Any) -> None:
+    """The detector's deploy, as the registry's Ray task: no thread of a gateway or a session
+    waits in Serve, and the registry itself never imports it."""
+    from actors.detector import deploy
+
+    deploy(settings)
 
 
 LiveSessionsRemote = ray.remote(LiveSessions)

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None, *, include_dashboard: bool | None = None,
-               deploy_detector: bool = True, listen_host: str | None = "127.0.0.1") -> FastAPI:
+               deploy_detector: bool | None = None,
+               listen_host: str | None = "127.0.0.1") -> FastAPI:
     settings = settings or from_env()
 
     @asynccontextmanager
@@ -43,10 +44,11 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
         app.state.sessions.spares.start()
         counting = asyncio.create_task(_count_stored(store))
         detector = None
-        if deploy_detector:  # a Ray task: no thread here waits in Serve (see Deployment)
+        # a cluster's detector is deployed at start; an embedded one on its first use
+        if settings.ray_address if deploy_detector is None else deploy_detector:
             from actors.detector import Deployment
 
-            detector = app.state.detector = Deployment(settings)
+            detector = app.state.detector = Deployment(settings, app.state.sessions.registry)
             detector.start()
         try:
             yield

@@ -25,8 +25,13 @@ def connect(settings: Settings, *, include_dashboard: bool | None = None) -> boo
         ray.init(address=settings.ray_address, namespace=NAMESPACE, runtime_env=runtime_env,
                  logging_level=logging.WARNING)
         return False
-    # Read by the GCS this process starts (inherited environment).
+    # Read by the GCS and raylet this process starts (inherited environment). A laptop's Ray
+    # starts no worker ahead of use (each idle one costs ~45 MB and ~9 millicores).
     os.environ.setdefault("RAY_maximum_gcs_destroyed_actor_cached_count", DEAD_ACTORS_KEPT)
+    os.environ.setdefault("RAY_enable_worker_prestart", "0")
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
+    if include_dashboard is None:  # its nine module processes: ~200 MB, ~15 millicores
+        include_dashboard = os.environ.get("LLMCAM_RAY_DASHBOARD", "") == "1"
     for attempt in (1, 2):
         try:
             # A fresh local Ray even where another one runs here, on loopback (see gateway.cli).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import signal
 import subprocess
@@ -10,9 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import httpx
+import numpy as np
 import psutil
 
+from testing.standins import Call, ToolCalls
 from tests.conftest import ROOT, free_port, serve_embedded
 
 
@@ -27,7 +31,8 @@ def test_serve_with_embedded_ray(tmp_path: Path, llm) -> None:
     log = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"LLMCAM_DATA": str(tmp_path / "data"), "OPENAI_BASE_URL": llm.base_url,
-                "OPENAI_API_KEY": "k", "LLMCAM_SPARE_SESSIONS": "1"})
+                "OPENAI_API_KEY": "k", "LLMCAM_SPARE_SESSIONS": "1",
+                "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "YOLO_OFFLINE": "1"})
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
                             env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -49,11 +54,29 @@ def test_serve_with_embedded_ray(tmp_path: Path, llm) -> None:
             assert c.get("/").status_code == 200 and "Send" in c.get("/").text
             assert c.get("/openapi.json").json()["info"]["title"] == "llmcam"
             assert c.get("/docs").status_code == 200
+            # a laptop's server starts nothing it does not use: no dashboard modules, no
+            # Serve controller or detector replica before the first detection, no worker ahead
+            titles = [" ".join(p.cmdline()) for p in psutil.Process(proc.pid).children(True)]
+            unused = [t[:80] for t in titles if "Serve" in t or t.startswith("ray-dashboard-")
+                      or t.startswith("ray::IDLE")]
+            assert not unused, unused
+            # the first detection deploys the detector, and gets its answer
+            frame = np.full((360, 640, 3), (60, 130, 90), np.uint8)
+            picture = cv2.imencode(".jpg", frame)[1].tobytes()
+            name = c.post(f"/api/sessions/{sid}/files",
+                          files={"file": ("road.jpg", picture, "image/jpeg")}).json()["name"]
+            llm.script("detect on the laptop", [
+                ToolCalls([Call("detect_objects", {"image_path": name})])])
+            reply = c.post(f"/api/sessions/{sid}/messages", timeout=300,
+                           json={"content": f"detect on the laptop {name}"})
+            [result] = [m["content"] for m in reply.json()["messages"] if m["role"] == "tool"]
+            assert isinstance(json.loads(result)["counts"], dict), result
         ray_procs = psutil.Process(proc.pid).children(recursive=True)
         assert any("gcs_server" in " ".join(p.cmdline()) for p in ray_procs)
         listening = [c for c in psutil.net_connections(kind="inet")
                      if c.status == psutil.CONN_LISTEN and c.pid in {p.pid for p in ray_procs}]
-        exposed = [(c.laddr, c.pid) for c in listening if not loopback(c.laddr.ip)]
+        exposed = [(c.laddr, psutil.Process(c.pid).cmdline()[:3]) for c in listening
+                   if not loopback(c.laddr.ip)]
         assert listening and not exposed, exposed
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0

@@ -36,7 +36,7 @@ def gateway(ray_address: str, llm: OpenAIServer, digitraffic: DigitrafficServer,
 def handle(gateway: Gateway) -> Any:
     """The deployment's handle, once the gateway's background deploy has finished."""
     deadline = time.monotonic() + 180
-    while (found := detector._ready_handle()) is None:
+    while (found := detector._ready_handle()) is None or found is detector.ABSENT:
         assert time.monotonic() < deadline, "the detector did not start"
         time.sleep(0.5)
     return found

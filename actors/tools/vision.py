@@ -123,7 +123,7 @@ async def detect_objects(
     from actors import detector
 
     jpeg = await load_jpeg(ctx, image_path)
-    result = await detector.detect(jpeg, conf)
+    result = await detector.detect(jpeg, conf, ctx.settings)
     stem = safe_stem(_label(image_path).rsplit(".", 1)[0])
     name = await ctx.files.save("detection", stem, result["image"], "jpg")
     return json.dumps({"counts": result["counts"], "total": sum(result["counts"].values()),
@@ -188,7 +188,8 @@ async def plot_object(
     if use_yolo:
         from actors import detector
 
-        found = await asyncio.gather(*(detector.detect(jpeg, 0.25) for jpeg in jpegs))
+        found = await asyncio.gather(*(detector.detect(jpeg, 0.25, ctx.settings)
+                                       for jpeg in jpegs))
         series["yolo"] = [count_of(r["counts"], object) or 0 for r in found]
     if use_gpt:
         limit = asyncio.Semaphore(VISION_CONCURRENCY)
