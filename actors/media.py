@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
+from actors.errors import cause_of
 from actors.netguard import BlockedAddress, UrlGuard
 
 if TYPE_CHECKING:
@@ -137,11 +138,6 @@ def rank_formats(formats: Sequence[dict[str, Any]], max_w: int = MAX_WIDTH,
     return fitting + unknown + too_big
 
 
-def _cause(exc: BaseException) -> BaseException:
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, Exception) else exc
-
-
 async def run(task: Any, *args: Any, timeout: float, what: str) -> Any:
     """Run a Ray task and await it for at most `timeout` seconds; a failure raises the task's
     own exception (its message, not a remote traceback)."""
@@ -156,7 +152,7 @@ async def run(task: Any, *args: Any, timeout: float, what: str) -> Any:
         ray.cancel(ref, force=True)
         raise TimeoutError(f"{what} did not finish within {timeout:.0f} s") from None
     except ray.exceptions.RayTaskError as exc:
-        cause = _cause(exc)
+        cause = cause_of(exc)
         if cause is exc:
             raise RuntimeError(f"{what} failed: {type(exc).__name__}") from None
         raise cause from None
