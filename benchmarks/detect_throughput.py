@@ -1,8 +1,8 @@
 """Detection throughput: llmcam's batched Serve detector against ultralytics used directly and
 the original llmcam's pattern (the model loaded on every call).
 
-    python benchmarks/detect_throughput.py                        # CPU here: 8 sessions
-    python benchmarks/detect_throughput.py --model yolov8s.pt      # on a GPU node: 64 sessions
+    python -m benchmarks.detect_throughput                        # CPU here: 8 sessions
+    python -m benchmarks.detect_throughput --model yolov8s.pt      # on a GPU node: 64 sessions
 
 "Sessions" are C concurrent asyncio tasks in this process, each with its own ToolContext (own
 in-memory files) calling the real `detect_objects` tool: file read, JPEG header check, the
@@ -30,15 +30,12 @@ import argparse
 import asyncio
 import platform
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, ROOT)
 
 import cv2
 import numpy as np
