@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_VERBOSE": "False",
-              "PYTHONPATH": ROOT}
+from actors.settings import worker_env  # noqa: E402 (pydantic only: before Ray is imported)
+
+WORKER_ENV = {**worker_env(), "PYTHONPATH": ROOT}
 os.environ.update(WORKER_ENV)
 
 import argparse
