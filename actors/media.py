@@ -7,7 +7,7 @@ session awaits the tasks with `run()`, which bounds their time and turns a faile
 own exception (not a Ray traceback), so the model reads a clear message.
 
 yt-dlp and OpenCV connect on their own (redirects, refreshes, playlists, segments, keys): a
-capture task runs them through a guarded proxy in its own process (`actors.netproxy`), so each of
+capture task runs them through a guarded proxy in its own process (`actors.net.proxy`), so each of
 those connections passes the session's URL guard by the address it connects to.
 """
 
@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from actors.errors import cause_of
-from actors.netguard import BlockedAddress, UrlGuard
+from actors.net.guard import BlockedAddress, UrlGuard
 
 if TYPE_CHECKING:
-    from actors.netproxy import GuardedProxy
+    from actors.net.proxy import GuardedProxy
 
 MAX_WIDTH, MAX_HEIGHT = 1280, 720  # captures and detector input are stored at most this big
 # What an image a tool fetches may be (API.md): only these Pillow decoders ever see its bytes,
@@ -175,13 +175,13 @@ class _SilentLogger:
 
 
 def _guarded_proxy(guard: UrlGuard) -> GuardedProxy:
-    from actors.netproxy import GuardedProxy
+    from actors.net.proxy import GuardedProxy
 
     return GuardedProxy(guard, timeout=PROXY_TIMEOUT_S)
 
 
 def _refused() -> BlockedAddress:
-    from actors.netproxy import REFUSED_MESSAGE
+    from actors.net.proxy import REFUSED_MESSAGE
 
     return BlockedAddress(REFUSED_MESSAGE)
 

@@ -32,15 +32,15 @@ from actors.confirm import Confirmations
 from actors.context import ToolContext, Web
 from actors.errors import LLMFailed, NotFound, Passivating, SessionGone
 from actors.events import EventHub
-from actors.journal import SessionJournal
 from actors.llm import LLM
 from actors.metrics import record
 from actors.names import NAMESPACE, actor_name, session_key
-from actors.netguard import UrlGuard
+from actors.net.guard import UrlGuard
 from actors.registry import registry_handle
 from actors.session_files import SessionFiles, content_type, file_name
 from actors.settings import Settings
 from actors.store import Fenced, open_store
+from actors.store.journal import SessionJournal
 from actors.streams import SessionStreams
 from actors.toolbox import Toolbox
 from actors.tools import builtin_tools
