@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks._harness import MB, ROOT, Server, load_average, machine, write_results  # noqa: E402
-from testing.standins import OpenAIServer  # noqa: E402
+from benchmarks._harness import MB, ROOT, Server, load_average, machine, publish
+from testing.standins import OpenAIServer
 
 
 def rss(server: Server, match: str) -> float:
@@ -131,10 +131,7 @@ def main() -> None:
               f"- errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""),
               f"- from start to end: gcs_server {rows[-1][2] - base[2]:+.1f} MB, raylet "
               f"{rows[-1][3] - base[3]:+.1f} MB, gateway {rows[-1][4] - base[4]:+.1f} MB", ""]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_results(args.out, "churn_memory", text)
+    publish(lines, args.out, "churn_memory", write=not args.no_write)
 
 
 if __name__ == "__main__":

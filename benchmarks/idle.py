@@ -27,16 +27,16 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks._harness import (  # noqa: E402
+from benchmarks._harness import (
     MB,
     ROOT,
     Server,
     cpu_by_process,
     load_average,
     machine,
-    write_results,
+    publish,
 )
-from testing.standins import OpenAIServer  # noqa: E402
+from testing.standins import OpenAIServer
 
 GOAL_CORES, GOAL_MB, GOAL_STEADY_S = 0.05, 600.0, 30.0
 WINDOW_S = 10.0
@@ -181,10 +181,7 @@ def main() -> None:
             f"{k} {v[0]:.0f}, {v[1] * 1000:.1f}, {v[2]:.0f}"
             for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][1])))
     lines.append("")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_results(args.out, "idle", text)
+    publish(lines, args.out, "idle", write=not args.no_write)
 
 
 if __name__ == "__main__":
