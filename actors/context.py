@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from actors.names import session_key
-from actors.netguard import UrlGuard
+from actors.net.guard import UrlGuard
 from actors.settings import Settings
 from actors.store import FileInfo
 
@@ -55,7 +55,7 @@ class Web:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            from actors.http import guarded_client
+            from actors.net.client import guarded_client
 
             self._client = guarded_client(self.guard)
         return self._client
@@ -101,7 +101,7 @@ class ToolContext:
         """A file of this session by name, or an http(s) URL through the guard (read up to
         `max_fetch_bytes`, counted while the body arrives)."""
         if reference.startswith(("http://", "https://")):
-            from actors.http import read_limited
+            from actors.net.client import read_limited
 
             async with self.http.stream("GET", reference) as response:
                 response.raise_for_status()

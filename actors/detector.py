@@ -26,6 +26,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from actors.errors import cause_of
 from actors.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -522,7 +523,7 @@ def _failure(app: Any) -> str:
 
 def _reason(exc: BaseException) -> str:
     """The line of a failed deploy that says why (a replica's error, not Serve's traceback)."""
-    text = " ".join(str(getattr(exc, "cause", None) or exc).split())
+    text = " ".join(str(cause_of(exc)).split())
     return _model_error(text) or text[:400] or type(exc).__name__
 
 
@@ -647,7 +648,7 @@ async def detect(image: bytes, conf: float = 0.25,
         raise TimeoutError(f"the object detector did not answer within {CALL_TIMEOUT_S:.0f} s")\
             from None
     except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, Exception):
-            raise cause from None
-        raise
+        cause = cause_of(exc)
+        if cause is exc:
+            raise
+        raise cause from None

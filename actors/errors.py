@@ -1,4 +1,5 @@
-"""Errors the actors raise on purpose; the gateway maps each to one HTTP status."""
+"""Errors the actors raise on purpose; the gateway maps each to one HTTP status. And how to
+read the error an actor or task raised out of Ray's wrapper around it."""
 
 
 class SessionGone(LookupError):
@@ -6,15 +7,24 @@ class SessionGone(LookupError):
 
 
 class NotFound(LookupError):
-    """A stream or file that is not this session's."""
-
-
-class ToolError(Exception):
-    """A tool failed in a way the model should read about (its text is the tool's result)."""
+    """A stream, file or waiting call that is not this session's; its message is what the
+    caller reads (404)."""
 
 
 class LLMFailed(RuntimeError):
     """The model's server could not be reached or refused the request."""
+
+
+def cause_of(exc: BaseException) -> BaseException:
+    """The exception an actor or task raised, out of Ray's `RayTaskError` around it."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def cause_text(exc: BaseException) -> str:
+    """The last line of that exception's message (no remote traceback)."""
+    lines = str(cause_of(exc)).strip().splitlines()
+    return lines[-1] if lines else type(cause_of(exc)).__name__
 
 
 class Passivating(RuntimeError):

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from actors.journal import SessionJournal
+from actors.store.journal import SessionJournal
 
 MAX_MESSAGE = 10_000  # characters of one notification
 MAX_BACKLOG = 10_000  # undelivered events one listener may hold before it is caught up

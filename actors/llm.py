@@ -305,7 +305,8 @@ def proxies(settings: Settings) -> int:
 
 
 def server_of(settings: Settings) -> Server:
-    return (settings.openai_base_url, settings.openai_api_key or "")
+    key = settings.openai_api_key
+    return (settings.openai_base_url, key.get_secret_value() if key else "")
 
 
 def client_name(settings: Settings, index: int) -> str:

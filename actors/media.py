@@ -7,7 +7,7 @@ session awaits the tasks with `run()`, which bounds their time and turns a faile
 own exception (not a Ray traceback), so the model reads a clear message.
 
 yt-dlp and OpenCV connect on their own (redirects, refreshes, playlists, segments, keys): a
-capture task runs them through a guarded proxy in its own process (`actors.netproxy`), so each of
+capture task runs them through a guarded proxy in its own process (`actors.net.proxy`), so each of
 those connections passes the session's URL guard by the address it connects to.
 """
 
@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 
-from actors.netguard import BlockedAddress, UrlGuard
+from actors.errors import cause_of
+from actors.net.guard import BlockedAddress, UrlGuard
 
 if TYPE_CHECKING:
-    from actors.netproxy import GuardedProxy
+    from actors.net.proxy import GuardedProxy
 
 MAX_WIDTH, MAX_HEIGHT = 1280, 720  # captures and detector input are stored at most this big
 # What an image a tool fetches may be (API.md): only these Pillow decoders ever see its bytes,
@@ -137,11 +138,6 @@ def rank_formats(formats: Sequence[dict[str, Any]], max_w: int = MAX_WIDTH,
     return fitting + unknown + too_big
 
 
-def _cause(exc: BaseException) -> BaseException:
-    cause = getattr(exc, "cause", None)
-    return cause if isinstance(cause, Exception) else exc
-
-
 async def run(task: Any, *args: Any, timeout: float, what: str) -> Any:
     """Run a Ray task and await it for at most `timeout` seconds; a failure raises the task's
     own exception (its message, not a remote traceback)."""
@@ -156,7 +152,7 @@ async def run(task: Any, *args: Any, timeout: float, what: str) -> Any:
         ray.cancel(ref, force=True)
         raise TimeoutError(f"{what} did not finish within {timeout:.0f} s") from None
     except ray.exceptions.RayTaskError as exc:
-        cause = _cause(exc)
+        cause = cause_of(exc)
         if cause is exc:
             raise RuntimeError(f"{what} failed: {type(exc).__name__}") from None
         raise cause from None
@@ -179,13 +175,13 @@ class _SilentLogger:
 
 
 def _guarded_proxy(guard: UrlGuard) -> GuardedProxy:
-    from actors.netproxy import GuardedProxy
+    from actors.net.proxy import GuardedProxy
 
     return GuardedProxy(guard, timeout=PROXY_TIMEOUT_S)
 
 
 def _refused() -> BlockedAddress:
-    from actors.netproxy import REFUSED_MESSAGE
+    from actors.net.proxy import REFUSED_MESSAGE
 
     return BlockedAddress(REFUSED_MESSAGE)
 

@@ -35,13 +35,13 @@ from actors.chat import run_turn
 from actors.context import ToolContext, Web
 from actors.errors import LLMFailed
 from actors.events import publish
-from actors.journal import SessionJournal
 from actors.llm import LLM
 from actors.names import NAMESPACE
-from actors.netguard import UrlGuard
+from actors.net.guard import UrlGuard
 from actors.session_files import SessionFiles
 from actors.settings import Settings
 from actors.store import Fenced, is_shared, open_store
+from actors.store.journal import SessionJournal
 from actors.tools import builtin_tools
 
 PREFIX = "notify:"

@@ -168,7 +168,7 @@ def _operation_tool(service: str, base_url: str, op: dict[str, Any]) -> Tool:
                 query[name] = value
             elif name != "body":
                 raise ValueError(f"unknown argument {name!r}")
-        from actors.http import read_limited, text_of
+        from actors.net.client import read_limited, text_of
 
         request = ctx.http.build_request(op["method"], base_url.rstrip("/") + path,
                                          params=query, json=arguments.get("body"))

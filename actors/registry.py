@@ -166,18 +166,18 @@ class LiveSessions:
             self._leases[lease] = (account, expires)
 
     async def ensure_detector(self, settings: Any, wait: bool = False) -> str | None:
-        """Deploy the object detector unless a deploy was started already (a cluster's
-        gateway at its start, an embedded server's first detection): one per cluster. Answers
-        why the deploy failed, once it has (the next call then starts another), else None;
-        `wait` waits for the deploy's end."""
-        if self._detector is None:
-            self._detector = ray.remote(num_cpus=0, max_retries=0)(_deploy_detector).options(
-                name="llmcam-detector-deploy").remote(settings)
+        """Deploy the object detector: one deploy at a time per cluster. A gateway's start
+        (`wait`) deploys with its settings once the previous deploy has ended (a deploy with
+        the settings already running changes nothing, see `detector.deploy`) and waits for
+        the outcome; a session's first detection (an embedded server deploys on first use)
+        starts one only where none was started. Answers why the deploy failed, once it has
+        (the next call then starts another), else None."""
         running = self._detector
-        if not wait:
-            done, _ = await asyncio.to_thread(ray.wait, [running], timeout=0)
-            if not done:
-                return None
+        if running is None or (wait and await _ended(running)):
+            running = self._detector = ray.remote(num_cpus=0, max_retries=0)(
+                _deploy_detector).options(name="llmcam-detector-deploy").remote(settings)
+        if not wait and not await _ended(running):
+            return None
         try:
             await running
             return None
@@ -209,6 +209,11 @@ class LiveSessions:
         alive = await asyncio.to_thread(_live_keys)
         for key in [k for k in self._used if k not in alive]:
             del self._used[key]
+
+
+async def _ended(ref: Any) -> bool:
+    done, _ = await asyncio.to_thread(ray.wait, [ref], timeout=0)
+    return bool(done)
 
 
 def _deploy_detector(settings: Any) -> None:

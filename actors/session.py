@@ -32,15 +32,15 @@ from actors.confirm import Confirmations
 from actors.context import ToolContext, Web
 from actors.errors import LLMFailed, NotFound, Passivating, SessionGone
 from actors.events import EventHub
-from actors.journal import SessionJournal
 from actors.llm import LLM
 from actors.metrics import record
 from actors.names import NAMESPACE, actor_name, session_key
-from actors.netguard import UrlGuard
+from actors.net.guard import UrlGuard
 from actors.registry import registry_handle
 from actors.session_files import SessionFiles, content_type, file_name
 from actors.settings import Settings
 from actors.store import Fenced, open_store
+from actors.store.journal import SessionJournal
 from actors.streams import SessionStreams
 from actors.toolbox import Toolbox
 from actors.tools import builtin_tools
@@ -421,7 +421,7 @@ class SessionActor:
         waits."""
         with self._active():
             if not self._confirmations.answer(call_id, allow):
-                raise NotFound(call_id)
+                raise NotFound("no tool call with that call_id waits for an answer")
 
     async def stop_turn(self) -> bool:
         """Stop the turn in flight (True), or say there is none (False)."""
@@ -448,7 +448,7 @@ class SessionActor:
             await self._fresh()
             found = await self._files.get(name) if file_name(name) == name else None
             if found is None:
-                raise NotFound(name)
+                raise NotFound("no such file in this session")
             return content_type(name), found[1]
 
     async def save_file(self, kind: str, stem: str, data: bytes, ext: str) -> str:
@@ -478,7 +478,7 @@ class SessionActor:
     async def stop_stream(self, noti_id: str) -> None:
         with self._active():
             if not await self._streams.stop_by_api(noti_id):
-                raise NotFound(noti_id)
+                raise NotFound("unknown notification stream")
 
     def push_event(self, item: dict[str, Any]) -> None:
         """From the session's notification child: an event it stored, for the open /events

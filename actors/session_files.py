@@ -8,8 +8,8 @@ import re
 import time
 from urllib.parse import unquote
 
-from actors.journal import SessionJournal
 from actors.store import FileInfo
+from actors.store.journal import SessionJournal
 
 PREFIX = {"capture": "cap", "detection": "detection", "plot": "plot", "upload": "upload"}
 CONTENT_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png"}

@@ -36,7 +36,7 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(frozen=True, populate_by_name=True)
 
-    openai_api_key: str | None = Field(
+    openai_api_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("OPENAI_API_KEY")
     )
     openai_base_url: str | None = Field(
@@ -133,14 +133,21 @@ class Settings(BaseModel):
         return self.db or str(self.data / "llmcam.sqlite3")
 
     def worker_env(self) -> dict[str, str]:
-        """Environment every Ray worker of ours gets (ultralytics must never go online)."""
-        return {
-            "YOLO_OFFLINE": "1",
-            "YOLO_AUTOINSTALL": "False",
-            "YOLO_VERBOSE": "False",
-            "ULTRALYTICS_SYNC": "False",
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
-        }
+        """Environment every Ray worker of ours gets (see `worker_env`)."""
+        return worker_env()
+
+
+def worker_env() -> dict[str, str]:
+    """The one place the environment of our Ray workers is written: ultralytics never goes
+    online, Ray stays on loopback where it was started there. The gateway hands it to Ray as the
+    job's runtime environment; tests and benchmarks that start a Ray of their own use it too."""
+    return {
+        "YOLO_OFFLINE": "1",
+        "YOLO_AUTOINSTALL": "False",
+        "YOLO_VERBOSE": "False",
+        "ULTRALYTICS_SYNC": "False",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
 
 
 def from_env(**overrides: Any) -> Settings:

@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from actors.journal import SessionJournal
 from actors.metrics import record
 from actors.notification import stop_child, sync_child
 from actors.settings import Settings
+from actors.store.journal import SessionJournal
 
 MAX_RUNNING = 5
 log = logging.getLogger(__name__)

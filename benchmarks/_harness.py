@@ -319,6 +319,14 @@ def write_results(path: Path, marker: str, section: str) -> None:
     path.write_text(text)
 
 
+def publish(lines: list[str], path: Path, marker: str, write: bool = True) -> None:
+    """Print a result section, and put it into RESULTS.md between its markers."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        write_results(path, marker, text)
+
+
 def load_average() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
 

@@ -9,7 +9,7 @@ turn by process, the actors' memory and (with --profile) py-spy's top entries fo
 one session actor and one LLMClient, and writes a section to `benchmarks/RESULTS.md` between
 `<!-- chat_load -->` and `<!-- /chat_load -->`.
 
-    cd /work/main && .venv/bin/python benchmarks/chat_load.py [--shapes 1,10,100] [--profile]
+    cd /work/main && .venv/bin/python -m benchmarks.chat_load [--shapes 1,10,100] [--profile]
 
 `--llmcam-root DIR` runs the gateway of another checkout of the project (a copy of an earlier
 tree: the "before" figures) with this checkout's benchmark, baseline and stand-in.
@@ -29,7 +29,6 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray at import t
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import argparse
 import asyncio

@@ -7,7 +7,7 @@ after which the actor passivates by itself and leaves a dead actor's record in t
 keeps `RAY_maximum_gcs_destroyed_actor_cached_count` of those records (the gateway sets 1000);
 `--cap` lowers it for this run so that the plateau shows within a run this machine can afford.
 
-    python benchmarks/churn_memory.py [--activations 600] [--cap 200] [--no-write]
+    python -m benchmarks.churn_memory [--activations 600] [--cap 200] [--no-write]
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import itertools
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -27,12 +26,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _harness import MB, ROOT, Server, load_average, machine, write_results  # noqa: E402
-
-from testing.standins import OpenAIServer  # noqa: E402
+from benchmarks._harness import MB, ROOT, Server, load_average, machine, publish
+from testing.standins import OpenAIServer
 
 
 def rss(server: Server, match: str) -> float:
@@ -136,10 +131,7 @@ def main() -> None:
               f"- errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""),
               f"- from start to end: gcs_server {rows[-1][2] - base[2]:+.1f} MB, raylet "
               f"{rows[-1][3] - base[3]:+.1f} MB, gateway {rows[-1][4] - base[4]:+.1f} MB", ""]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_results(args.out, "churn_memory", text)
+    publish(lines, args.out, "churn_memory", write=not args.no_write)
 
 
 if __name__ == "__main__":

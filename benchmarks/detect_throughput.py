@@ -1,8 +1,8 @@
 """Detection throughput: llmcam's batched Serve detector against ultralytics used directly and
 the original llmcam's pattern (the model loaded on every call).
 
-    python benchmarks/detect_throughput.py                        # CPU here: 8 sessions
-    python benchmarks/detect_throughput.py --model yolov8s.pt      # on a GPU node: 64 sessions
+    python -m benchmarks.detect_throughput                        # CPU here: 8 sessions
+    python -m benchmarks.detect_throughput --model yolov8s.pt      # on a GPU node: 64 sessions
 
 "Sessions" are C concurrent asyncio tasks in this process, each with its own ToolContext (own
 in-memory files) calling the real `detect_objects` tool: file read, JPEG header check, the
@@ -22,15 +22,15 @@ from __future__ import annotations
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER_ENV = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_VERBOSE": "False",
-              "PYTHONPATH": ROOT}
+from actors.settings import worker_env  # noqa: E402 (pydantic only: before Ray is imported)
+
+WORKER_ENV = {**worker_env(), "PYTHONPATH": ROOT}
 os.environ.update(WORKER_ENV)
 
 import argparse
 import asyncio
 import platform
 import re
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,15 +38,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, ROOT)
-
 import cv2
 import numpy as np
 import ray
 
 from actors import detector
 from actors.context import ToolContext, Web
-from actors.netguard import UrlGuard
+from actors.net.guard import UrlGuard
 from actors.session_files import PREFIX, file_name, safe_stem
 from actors.settings import Settings
 from actors.tools import vision

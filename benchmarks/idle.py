@@ -9,7 +9,7 @@ Steady = the first moment after which every rolling 10 s CPU figure stays under 
 Then the same server after one user: a session created and a chat turn answered, measured
 again once that session's actor has passivated (`--idle-seconds`).
 
-    python benchmarks/idle.py [--minutes 3] [--no-write]
+    python -m benchmarks.idle [--minutes 3] [--no-write]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -28,12 +27,16 @@ from pathlib import Path
 import httpx
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _harness import MB, ROOT, Server, cpu_by_process, load_average, machine, write_results  # noqa: E402
-
-from testing.standins import OpenAIServer  # noqa: E402
+from benchmarks._harness import (
+    MB,
+    ROOT,
+    Server,
+    cpu_by_process,
+    load_average,
+    machine,
+    publish,
+)
+from testing.standins import OpenAIServer
 
 GOAL_CORES, GOAL_MB, GOAL_STEADY_S = 0.05, 600.0, 30.0
 WINDOW_S = 10.0
@@ -178,10 +181,7 @@ def main() -> None:
             f"{k} {v[0]:.0f}, {v[1] * 1000:.1f}, {v[2]:.0f}"
             for k, v in sorted(kinds.items(), key=lambda kv: -kv[1][1])))
     lines.append("")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        write_results(args.out, "idle", text)
+    publish(lines, args.out, "idle", write=not args.no_write)
 
 
 if __name__ == "__main__":

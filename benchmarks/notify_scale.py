@@ -15,7 +15,7 @@ embedded Ray, without the YOLO detector, which these streams never call); the ze
 stand-in and the listeners run in this process. It writes its table into `benchmarks/RESULTS.md`
 between `<!-- notify_scale -->` and `<!-- /notify_scale -->`.
 
-    cd /work/main && .venv/bin/python benchmarks/notify_scale.py [--sessions 20] [--streams 5]
+    cd /work/main && .venv/bin/python -m benchmarks.notify_scale [--sessions 20] [--streams 5]
         [--duration 30] [--interval 1]
 
 Bounded: every phase has a time limit; the gateway, its Ray and its temp dir are removed on the
@@ -33,20 +33,15 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray at import t
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import importlib.metadata
 import json
-import math
-import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import tempfile
@@ -59,7 +54,16 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks._harness import UNBOUNDED_ENV
+from benchmarks._harness import (
+    UNBOUNDED_ENV,
+    _parent_death_signal,
+    cpu_by_process,
+    fmt,
+    free_port,
+    machine,
+    pct,
+    write_results,
+)
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from testing.standins.openai_server import message_text
 
@@ -97,21 +101,6 @@ def serve(port: int) -> None:
             ray.shutdown()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _parent_death_signal() -> Any:
-    """The gateway gets SIGTERM if this process dies (Linux), so none is left behind."""
-    try:
-        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except OSError:
-        return None
-    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 class Gateway:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.port = free_port()
@@ -127,7 +116,8 @@ class Gateway:
         t0 = time.monotonic()
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, __file__, "--serve", str(self.port)], env=self.env, cwd=ROOT,
+                [sys.executable, "-m", "benchmarks.notify_scale", "--serve", str(self.port)],
+                env=self.env, cwd=ROOT,
                 stdout=out, stderr=subprocess.STDOUT, preexec_fn=_parent_death_signal())
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -314,22 +304,6 @@ class Run:
     idle_millicores: float | None = None
 
 
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)  # nearest rank
-    return ordered[min(len(ordered), max(1, math.ceil(q / 100 * len(ordered)))) - 1]
-
-
-def cpu_by_process(procs: list[psutil.Process]) -> dict[tuple[int, float], float]:
-    out: dict[tuple[int, float], float] = {}
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            out[(p.pid, p.create_time())] = t.user + t.system
-    return out
-
-
 def idle_floor(gw: Gateway, seconds: float = 8.0) -> float | None:
     """CPU of an idle actor process (millicores): the session actors, before any stream."""
     time.sleep(2.0)  # let their start-up settle
@@ -511,22 +485,6 @@ def _self_cpu() -> float:
 # --- the report -----------------------------------------------------------------------------
 
 
-def fmt(value: float | None, spec: str = ".2f") -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    ram = psutil.virtual_memory().total / 2**30
-    return (f"{psutil.cpu_count()} cores ({model}), {ram:.1f} GiB RAM, "
-            f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
-
-
 def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
            load_before: tuple[float, ...]) -> str:
     n = run.started_streams
@@ -656,18 +614,6 @@ def limits_note(args: argparse.Namespace, run: Run, limiting: list[tuple[float, 
     return "; ".join(notes) + "."
 
 
-def write_results(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"{MARK_START}\n{section}{MARK_END}"
-    if MARK_START in text and MARK_END in text:
-        head, rest = text.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
-
-
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -727,7 +673,7 @@ def main() -> int:
             run.killed = gw.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     section = report(args, run, started, time.monotonic() - t0, load_before)
-    write_results(args.out, section)
+    write_results(args.out, "notify_scale", section)
     print(section)
     return 0 if not run.errors else 1
 

@@ -11,7 +11,7 @@ installed into a scratch venv); and a churn of activations and passivations in a
 memory before/after, every session whole). Writes a table to `benchmarks/RESULTS.md` between
 `<!-- sessions_scale -->` and `<!-- /sessions_scale -->`.
 
-    cd /work/main && .venv/bin/python benchmarks/sessions_scale.py [--store sqlite|postgresql|both]
+    cd /work/main && .venv/bin/python -m benchmarks.sessions_scale [--store sqlite|postgresql|both]
         [--sessions 10000] [--live 300] [--churn 120] [--cold 30] [--writers 100]
 
 Bounded: every phase has a time limit, and the servers it starts (gateway and its Ray,
@@ -29,8 +29,6 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import argparse
 import contextlib
@@ -52,11 +50,11 @@ from typing import Any
 
 import httpx
 import psutil
-from _harness import UNBOUNDED_ENV
-from chat_load import Server, log_problems, machine, pct
 
 from actors.names import session_key
 from actors.store import open_store
+from benchmarks._harness import UNBOUNDED_ENV, write_results
+from benchmarks.chat_load import Server, log_problems, machine, pct
 from testing.standins import OpenAIServer
 
 SECTION = "sessions_scale"
@@ -1042,7 +1040,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(r.create_ms or r.appends_per_s for r in results.values()):
             print(f"nothing measured: {args.out} left as it was", file=sys.stderr)
             return 1
-        _write(args.out, section)
+        write_results(args.out, SECTION, section)
         print(f"written to {args.out}")
         return 1 if interrupted or any(r.errors for r in results.values()) else 0
     finally:
@@ -1083,20 +1081,6 @@ def run_stores(stores: list[str], tmp: Path, common: dict[str, str], args: argpa
             else:
                 url_live = url
             run_store_live(store, url_live, common, tmp, args, res)
-
-
-def _write(path: Path, section: str) -> None:
-    """chat_load's writer with this section's markers."""
-    start, end = f"<!-- {SECTION} -->", f"<!-- /{SECTION} -->"
-    block = f"{start}\n{section}{end}\n"
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    i, j = text.find(start), text.find(end)
-    if i != -1 and j > i:
-        rest = text[j + len(end):].lstrip("\n")
-        text = text[:i] + block + ("\n" + rest if rest else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    path.write_text(text)
 
 
 if __name__ == "__main__":

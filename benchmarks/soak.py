@@ -32,7 +32,7 @@ the table gives each kind's start and end and a least-squares slope (MB/hour) af
 20% of the run. The table goes between `<!-- soak -->` and `<!-- /soak -->` in
 `benchmarks/RESULTS.md` (unless `--no-write`).
 
-    cd /work/main && .venv/bin/python benchmarks/soak.py [--minutes 30] [--sessions 6]
+    cd /work/main && .venv/bin/python -m benchmarks.soak [--minutes 30] [--sessions 6]
         [--stream-sessions 2] [--interval 2] [--no-write] [--out benchmarks/RESULTS.md]
 
 The exit code is 1 when anything was lost, stored twice or out of order, when a stream stopped
@@ -57,7 +57,6 @@ os.environ.setdefault("RAY_health_check_failure_threshold", "3")
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 # The raylets (ours and the second node's) hand this on to the workers: they import actors/.
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)

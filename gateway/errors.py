@@ -13,7 +13,7 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from actors.errors import NotFound, Passivating, SessionGone
+from actors.errors import NotFound, Passivating, SessionGone, cause_text
 from actors.events import TooManyListeners
 from actors.session_files import FilesFull
 from actors.store import StoreError
@@ -32,7 +32,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(NotFound)
     async def not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return JSONResponse({"detail": "not found"}, status_code=404)
+        return JSONResponse({"detail": cause_text(exc)}, status_code=404)
 
     @app.exception_handler(SessionsFull)
     async def full(_: Request, exc: SessionsFull) -> JSONResponse:
@@ -53,15 +53,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TooManyListeners)
     async def listeners(_: Request, exc: TooManyListeners) -> JSONResponse:
-        return JSONResponse({"detail": _cause_text(exc)}, status_code=429)
+        return JSONResponse({"detail": cause_text(exc)}, status_code=429)
 
     @app.exception_handler(FilesFull)
     async def files_full(_: Request, exc: FilesFull) -> JSONResponse:
-        return JSONResponse({"detail": _cause_text(exc)}, status_code=409)
+        return JSONResponse({"detail": cause_text(exc)}, status_code=409)
 
     @app.exception_handler(StoreError)
     async def store_down(_: Request, exc: StoreError) -> JSONResponse:
-        log.warning("store failed: %s", _cause_text(exc))
+        log.warning("store failed: %s", cause_text(exc))
         return JSONResponse({"detail": "the session store is unreachable; nothing was lost, "
                              "try again shortly"}, status_code=503,
                             headers={"Retry-After": "5"})
@@ -76,9 +76,3 @@ def install(app: FastAPI) -> None:
         return JSONResponse({"detail": "the Ray cluster is unreachable or the session's actor "
                              "could not be started"}, status_code=503,
                             headers={"Retry-After": "5"})
-
-
-def _cause_text(exc: BaseException) -> str:
-    """The message of the error an actor raised, without Ray's traceback around it."""
-    cause = getattr(exc, "cause", None)
-    return str(cause if isinstance(cause, BaseException) else exc).strip().splitlines()[-1]

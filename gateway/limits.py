@@ -20,9 +20,6 @@ def too_large(limit: int) -> str:
     return f"request body is larger than {limit // MB} MB"
 
 
-TOO_LARGE = too_large(MAX_BODY)
-
-
 class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY,
                  upload_limit: int = MAX_UPLOAD) -> None:

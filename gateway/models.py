@@ -87,9 +87,5 @@ class FileEntry(BaseModel):
     created_at: float
 
 
-class Health(BaseModel):
-    status: str
-
-
 class Problem(BaseModel):
     detail: str

@@ -310,7 +310,7 @@ class _Retry:
         self._creation_failures = 0
 
     async def wait(self, exc: BaseException) -> None:
-        if "creation task" in str(exc):
+        if getattr(exc, "actor_init_failed", False):  # its constructor failed: not forever
             self._creation_failures += 1
             if self._creation_failures >= CREATION_ATTEMPTS:
                 raise exc

@@ -1,9 +1,21 @@
-"""A turn's events as the browser gets them over SSE."""
+"""Server-sent events: one response shape for every stream (chat, turn, events), and a turn's
+events as the browser gets them."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
+
+from sse_starlette import EventSourceResponse
+
+PING_SECONDS = 10.0  # a comment line at least this often keeps proxies from closing the stream
+
+
+def sse_response(events: AsyncIterator[dict[str, Any]]) -> EventSourceResponse:
+    """An SSE response: never cached, never buffered by a proxy, pinged while quiet."""
+    return EventSourceResponse(events, ping=PING_SECONDS,
+                               headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 HIDDEN = {"status", "messages"}  # for the JSON answer and the error map, not for the page
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 
+from actors.settings import worker_env
+
 ROOT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER_ENV = {
-    "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False", "YOLO_VERBOSE": "False",
-    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "PYTHONPATH": ROOT_DIR,
-}
+WORKER_ENV = {**worker_env(), "PYTHONPATH": ROOT_DIR}
 os.environ.update(WORKER_ENV)  # before Ray is imported: it reads these at import time
 # The test Ray's GCS declares a node dead after ~3 s of failed health checks (Ray's default is
 # ~15 s): the node-loss tests kill a raylet and wait for its actors to come back elsewhere.

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from actors.names import session_key
-from actors.netguard import UrlGuard
-from actors.netproxy import GuardedProxy
+from actors.net.guard import UrlGuard
+from actors.net.proxy import GuardedProxy
 from testing.standins import Call, OpenAIServer, ToolCalls, VideoServer
 from tests.conftest import Gateway, make_settings, new_session
 

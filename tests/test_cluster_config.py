@@ -72,7 +72,7 @@ def test_the_password_file_is_made_once_and_private(tmp_path: Path) -> None:
     import stat
     import subprocess
 
-    from actors.store_postgres import validate
+    from actors.store.postgres import validate
 
     env = {**os.environ, "HOME": str(tmp_path)}
     setup = [c for c in load()["head_setup_commands"] if PASSWORD_FILE in c and "ROLE" not in c]

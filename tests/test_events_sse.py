@@ -20,7 +20,7 @@ from ray._private import state as ray_state
 
 from actors.names import NAMESPACE, actor_name, session_key
 from actors.store import open_store
-from gateway.routes import events as events_route
+from gateway import sse as sse_module
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway
 
@@ -265,8 +265,8 @@ async def test_replay_all_and_after_last_event_id(gateway: Gateway,
 
 async def test_comment_lines_keep_the_stream_alive(gateway: Gateway, ac: httpx.AsyncClient,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(events_route, "PING_SECONDS", 0.3)  # the gateway runs in-process
-    assert 0 < events_route.PING_SECONDS <= 15
+    monkeypatch.setattr(sse_module, "PING_SECONDS", 0.3)  # the gateway runs in-process
+    assert 0 < sse_module.PING_SECONDS <= 15
     sid = await new_sid(ac)
     listener = await Listener(gateway.url, sid).opened()
     try:

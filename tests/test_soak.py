@@ -19,7 +19,7 @@ TIMEOUT_S = 1500  # setup (PostgreSQL, two Ray nodes, the gateway) and the check
 def test_three_minutes_of_faults_lose_nothing_and_store_nothing_twice() -> None:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--minutes", str(MINUTES),
+        [sys.executable, "-m", "benchmarks.soak", "--minutes", str(MINUTES),
          "--no-write"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     output = result.stdout + result.stderr

@@ -103,7 +103,7 @@ class _Weathercam:
     async def _get(self, client: httpx.AsyncClient, url: str) -> tuple[int, bytes, Any]:
         """(status, body, headers) of a GET; the body is read up to `max_fetch_bytes`, counted
         while it arrives, and only when the status is a success."""
-        from actors.http import read_limited
+        from actors.net.client import read_limited
 
         async with client.stream("GET", url, headers=DIGITRAFFIC_HEADERS,
                                  timeout=self.timeout) as response:

@@ -46,7 +46,7 @@ async def add_api_tools(
 
 async def _fetch_spec(ctx: ToolContext, url: str, limit: int) -> tuple[int, str]:
     """(status, text) of the document, through the guard, read at most `limit` bytes."""
-    from actors.http import read_limited, text_of
+    from actors.net.client import read_limited, text_of
 
     response = await ctx.http.send(ctx.http.build_request("GET", url), stream=True)
     if not response.is_success:

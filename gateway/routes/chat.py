@@ -13,12 +13,11 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from gateway.deps import QuotaDep, SessionsDep
 from gateway.models import Message, PostMessage, Reply
 from gateway.sessions import ForCaller
-from gateway.sse import sse_event
+from gateway.sse import sse_event, sse_response
 
 router = APIRouter(prefix="/api/sessions/{sid}/messages", tags=["chat"])
 log = logging.getLogger(__name__)
@@ -82,8 +81,7 @@ async def post_message(sid: str, body: PostMessage, request: Request,
         await events.aclose()
         raise
     if "text/event-stream" in request.headers.get("accept", ""):
-        return EventSourceResponse(_sse(_prepend(first, events)), ping=15,
-                                   headers={"Cache-Control": "no-store"})
+        return sse_response(_sse(_prepend(first, events)))
     async with aclosing(events):
         async for item in _prepend(first, events):
             if item["event"] == "error":

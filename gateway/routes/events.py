@@ -13,16 +13,15 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Header, HTTPException
-from sse_starlette import EventSourceResponse
+from fastapi import APIRouter, Header, HTTPException, Response
 
 from actors.errors import SessionGone
 from gateway.deps import ListenersDep, SessionsDep
 from gateway.listeners import Listeners
 from gateway.sessions import ForCaller
+from gateway.sse import sse_response
 
 router = APIRouter(prefix="/api/sessions/{sid}/events", tags=["notifications"])
-PING_SECONDS = 10.0  # a comment line at least this often keeps proxies from closing the stream
 log = logging.getLogger(__name__)
 
 
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
                            429: {"description": "too many open streams (the session's, or "
                                                 "the user's)"}})
 async def events(sid: str, sessions: SessionsDep, listeners: ListenersDep,
-                 last_event_id: str | None = Header(default=None)) -> EventSourceResponse:
+                 last_event_id: str | None = Header(default=None)) -> Response:
     """SSE of the session's notifications: `id: <n>`, `event: notification`, data
     `{"noti_id", "message", "at"}`. Every stored event after Last-Event-ID (all without it),
     then live ones."""
@@ -47,9 +46,7 @@ async def events(sid: str, sessions: SessionsDep, listeners: ListenersDep,
         listeners.release(lease)
         await items.aclose()
         raise
-    return EventSourceResponse(_sse(items, listeners, lease), ping=PING_SECONDS,
-                               headers={"Cache-Control": "no-store",
-                                        "X-Accel-Buffering": "no"})
+    return sse_response(_sse(items, listeners, lease))
 
 
 async def _items(sessions: ForCaller, sid: str, after: int) -> AsyncIterator[dict[str, Any]]:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, File, HTTPException, Request, Response, UploadFile
 
-from actors.errors import NotFound
 from gateway.deps import SessionsDep
 from gateway.limits import MAX_UPLOAD, too_large
 from gateway.models import FileEntry, Problem
@@ -193,9 +192,6 @@ async def upload_file(sid: str, sessions: SessionsDep, file: ImageUpload,
 
 @router.get("/{name:path}")
 async def get_file(sid: str, name: str, sessions: SessionsDep) -> Response:
-    try:
-        media_type, data = await sessions.call(sid, lambda h: h.file.remote(name))
-    except NotFound as exc:
-        raise HTTPException(404, "no such file in this session") from exc
+    media_type, data = await sessions.call(sid, lambda h: h.file.remote(name))
     return Response(data, media_type=media_type,
                     headers={"Cache-Control": "private, max-age=3600"})

@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, Cookie, HTTPException, Request, Response
 
-from actors.errors import NotFound
 from gateway.deps import CallerDep, QuotaDep, SessionsDep
 from gateway.errors import UNKNOWN
 from gateway.models import NewSession, SessionInfo, SessionListed, Stream
@@ -70,10 +69,7 @@ async def get_notifications(sid: str, sessions: SessionsDep) -> Any:
 
 @router.delete("/{sid}/notifications/{noti_id}", status_code=204)
 async def stop_notification(sid: str, noti_id: str, sessions: SessionsDep) -> Response:
-    try:
-        await sessions.call(sid, lambda h: h.stop_stream.remote(noti_id))
-    except NotFound as exc:
-        raise HTTPException(404, "unknown notification stream") from exc
+    await sessions.call(sid, lambda h: h.stop_stream.remote(noti_id))
     return Response(status_code=204)
 
 

@@ -14,13 +14,11 @@ from typing import Any
 
 import ray
 from fastapi import APIRouter, HTTPException, Response
-from sse_starlette import EventSourceResponse
 
-from actors.errors import NotFound
 from gateway.deps import ListenersDep, SessionsDep
 from gateway.listeners import Listeners
 from gateway.models import Confirm, Problem
-from gateway.sse import sse_event
+from gateway.sse import sse_event, sse_response
 
 router = APIRouter(prefix="/api/sessions/{sid}/turn", tags=["chat"])
 log = logging.getLogger(__name__)
@@ -54,8 +52,7 @@ async def watch_turn(sid: str, sessions: SessionsDep, listeners: ListenersDep) -
     if item is None:
         listeners.release(lease)
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
-    return EventSourceResponse(_sse(generator, item, listeners, lease), ping=15,
-                               headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return sse_response(_sse(generator, item, listeners, lease))
 
 
 @router.delete("", status_code=204,
@@ -72,10 +69,7 @@ async def stop_turn(sid: str, sessions: SessionsDep) -> Response:
              responses={404: {"model": Problem, "description": "no such call waits"}})
 async def confirm_call(sid: str, body: Confirm, sessions: SessionsDep) -> Response:
     """Allow or decline a tool call the turn in flight waits on (its `confirm` event)."""
-    try:
-        await sessions.call(sid, lambda h: h.confirm_call.remote(body.call_id, body.allow))
-    except NotFound as exc:
-        raise HTTPException(404, "no tool call with that call_id waits for an answer") from exc
+    await sessions.call(sid, lambda h: h.confirm_call.remote(body.call_id, body.allow))
     return Response(status_code=204)
 
 

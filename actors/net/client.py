@@ -12,7 +12,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from actors.netguard import BlockedAddress, UrlGuard
+from actors.net.guard import BlockedAddress, UrlGuard
 
 
 class _GuardedBackend(httpcore.AsyncNetworkBackend):

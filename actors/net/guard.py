@@ -1,6 +1,6 @@
 """One guard for every URL a tool fetches on behalf of the model, a user or an answer.
 
-The check runs where the connection is made (actors/http.py for httpx, actors/netproxy.py for
+The check runs where the connection is made (actors/net/client.py for httpx, actors/net/proxy.py for
 yt-dlp and OpenCV/ffmpeg), so it covers every redirect, and the address it approves is the
 address it connects to: no second DNS lookup. Its messages name no address a name resolved to,
 and a refusal at connect time (a redirect, a segment) names no host: the model learns that a

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from actors.store import FileInfo, Store, StoredMessage
-from actors.store_sql import Epoch
+from actors.store.sql import Epoch
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from actors.store_sql import Store, StoreError, Tx
+from actors.store.sql import Store, StoreError, Tx
 
 CONNECT_TIMEOUT_S = 10
 

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from actors.store_sql import Store, StoreError, Tx
+from actors.store.sql import Store, StoreError, Tx
 
 
 class SQLiteStore(Store):

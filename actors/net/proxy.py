@@ -22,7 +22,7 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-from actors.netguard import BlockedAddress, Unresolvable, UrlGuard
+from actors.net.guard import BlockedAddress, Unresolvable, UrlGuard
 
 MAX_HEAD = 64 * 1024  # request or response head
 MAX_BODY = 8 * 1024 * 1024  # a request body (yt-dlp posts small JSON)
