@@ -6,9 +6,11 @@ import ctypes
 import gc
 
 
-def release_memory() -> None:
-    """Hand freed heap back to the OS after start-up: hundreds of these actors share a node."""
-    gc.collect()
+def release_memory(collect: bool = True) -> None:
+    """Hand freed heap back to the OS (after start-up: hundreds of these actors share a node;
+    after a detector batch: see actors/detector.py)."""
+    if collect:
+        gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:  # not glibc

@@ -92,7 +92,7 @@ from benchmarks._harness import (
     machine,
     write_results,
 )
-from gateway.ray_conn import DEAD_ACTORS_KEPT
+from gateway.ray_conn import GCS_CAPS
 from testing.postgres import PostgresServer
 from testing.ray_node import RayNode
 from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
@@ -1087,10 +1087,10 @@ def main(argv: list[str] | None = None) -> int:
             pg = stack.enter_context(PostgresServer())
             llm = stack.enter_context(SoakLLM())
             cameras = stack.enter_context(DigitrafficServer())
-            # the cap on dead actors' records that `llmcam serve` gives its own Ray (and
-            # ray_cluster.yaml a cluster's): passivations leave one each
-            os.environ.setdefault("RAY_maximum_gcs_destroyed_actor_cached_count",
-                                  DEAD_ACTORS_KEPT)
+            # the caps on the GCS's records that `llmcam serve` gives its own Ray (and
+            # ray_cluster.yaml a cluster's): each passivation leaves some
+            for name, value in GCS_CAPS.items():
+                os.environ.setdefault(name, value)
             ray.init(address="local", _node_ip_address="127.0.0.1", namespace=NAMESPACE,
                      include_dashboard=False, num_cpus=2, logging_level="WARNING",
                      _temp_dir=str(tmp / "ray"))

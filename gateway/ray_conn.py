@@ -11,9 +11,16 @@ from actors.names import NAMESPACE
 from actors.settings import Settings
 
 log = logging.getLogger(__name__)
-# Each passivation leaves a dead actor's record (~100 kB) in the GCS; Ray keeps 100,000 of them by
-# default (~10 GB). A thousand (~100 MB) still show the latest passivations in `ray list actors`.
-DEAD_ACTORS_KEPT = "1000"
+# Each activation leaves, once its actor has passivated, a dead actor's and a dead worker's record
+# and its calls' task events in the GCS: ~50-90 kB in all (benchmarks/churn_memory.py), kept by
+# default up to 100,000 actors and tasks. Capped, the GCS stops growing once the caps are reached
+# (measured with lowered caps: +2 to +17 MB per 1,000 activations after ~300); these still show the
+# latest passivations in `ray list actors` and the latest calls in `ray list tasks`.
+GCS_CAPS = {
+    "RAY_maximum_gcs_destroyed_actor_cached_count": "1000",
+    "RAY_maximum_gcs_dead_worker_cached_count": "1000",
+    "RAY_task_events_max_num_task_in_gcs": "10000",
+}
 
 
 def connect(settings: Settings, *, include_dashboard: bool | None = None) -> bool:
@@ -27,7 +34,8 @@ def connect(settings: Settings, *, include_dashboard: bool | None = None) -> boo
         return False
     # Read by the GCS and raylet this process starts (inherited environment). A laptop's Ray
     # starts no worker ahead of use (each idle one costs ~45 MB and ~9 millicores).
-    os.environ.setdefault("RAY_maximum_gcs_destroyed_actor_cached_count", DEAD_ACTORS_KEPT)
+    for name, value in GCS_CAPS.items():
+        os.environ.setdefault(name, value)
     os.environ.setdefault("RAY_enable_worker_prestart", "0")
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     if include_dashboard is None:  # its nine module processes: ~200 MB, ~15 millicores

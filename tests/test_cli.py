@@ -106,6 +106,8 @@ def test_a_hard_kill_leaves_no_ray_behind_and_the_next_serve_has_every_session(
         # the GCS keeps a bounded number of dead actors' records (passivations leave them)
         [gcs] = [p for p in ray_procs if "gcs_server" in " ".join(p.cmdline())]
         assert gcs.environ()["RAY_maximum_gcs_destroyed_actor_cached_count"] == "1000"
+        assert gcs.environ()["RAY_maximum_gcs_dead_worker_cached_count"] == "1000"
+        assert gcs.environ()["RAY_task_events_max_num_task_in_gcs"] == "10000"
         proc.kill()  # SIGKILL: no shutdown code runs (an OOM kill, a power cut of the process)
         proc.wait(30)
         deadline = time.monotonic() + 30  # Ray's processes share the gateway's fate
