@@ -21,6 +21,7 @@ supervises the notification streams (actors/stream_supervision.py: running rows 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ import ray
 from actors.metrics import record
 from actors.names import NAMESPACE
 
+log = logging.getLogger(__name__)
 REGISTRY_NAME = "live-sessions"
 PREFIX = "session:"
 RETRY_AFTER_S = 2
@@ -176,6 +178,8 @@ class LiveSessions:
         if running is None or (wait and await _ended(running)):
             running = self._detector = ray.remote(num_cpus=0, max_retries=0)(
                 _deploy_detector).options(name="llmcam-detector-deploy").remote(settings)
+            if not wait:
+                asyncio.get_running_loop().create_task(self._report_deploy(running))
         if not wait and not await _ended(running):
             return None
         try:
@@ -187,6 +191,17 @@ class LiveSessions:
             if self._detector is running:
                 self._detector = None
             return _reason(exc)
+
+    async def _report_deploy(self, running: Any) -> None:
+        """A first use's deploy: its failure is logged once, here (a gateway's start logs the
+        outcome of its own)."""
+        try:
+            await running
+        except Exception as exc:
+            from actors.detector import _reason
+
+            log.error("the object detector could not start (detect_objects answers with the "
+                      "reason): %s", _reason(exc))
 
     async def _passivate(self, key: str) -> bool:
         """Ask one live session to go; True when it went (or was gone already)."""

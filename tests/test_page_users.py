@@ -238,7 +238,8 @@ def test_signed_in_user_sees_their_chats_from_the_server(pages: Any,
     # Sign out asks the server to end the sign-in (POST /logout), then reloads; behind a proxy
     # the proxy still names the user, so the page is signed in again
     with first.page.expect_request(lambda r: r.method == "POST"
-                                   and urlsplit(r.url).path == "/logout"):
+                                   and urlsplit(r.url).path == "/logout"), \
+            first.page.expect_navigation():  # the reload after it, loaded
         first.page.get_by_role("button", name="Sign out").click()
     first.page.wait_for_load_state()
     expect(first.page.get_by_test_id("user-name")).to_have_text(alice)

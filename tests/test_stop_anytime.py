@@ -120,13 +120,10 @@ def test_sigterm_right_after_healthz_answers(serve: Serve) -> None:
 
 
 def test_detector_that_cannot_load_is_reported_once(serve: Serve, llm) -> None:  # noqa: ANN001
+    """An embedded server deploys the detector on first use: a model that cannot load is
+    answered to the detection that asked, with the reason, and logged once."""
     serve.wait_healthy()
-    deadline = time.monotonic() + 240
-    while "object detector could not start" not in serve.log.read_text():
-        assert time.monotonic() < deadline, serve.log.read_text()[-3000:]
-        assert serve.proc.poll() is None, serve.log.read_text()[-3000:]
-        time.sleep(1)
-    with httpx.Client(base_url=serve.url, timeout=120) as c:
+    with httpx.Client(base_url=serve.url, timeout=300) as c:
         sid = c.post("/api/sessions").json()["session_id"]
         image = io.BytesIO()
         Image.new("RGB", (64, 48), (200, 30, 30)).save(image, "PNG")
@@ -134,10 +131,17 @@ def test_detector_that_cannot_load_is_reported_once(serve: Serve, llm) -> None: 
         upload = c.post(f"/api/sessions/{sid}/files", files={"file": ("dot.png", png)})
         assert upload.status_code in (200, 201), upload.text
         name = upload.json().get("name") or upload.json().get("filename")
-        llm.reset()
-        llm.script("detect please", [ToolCalls([Call("detect_objects", {"image_path": name})])])
-        reply = c.post(f"/api/sessions/{sid}/messages", json={"content": "detect please"})
-        results = [m["content"] for m in reply.json()["messages"] if m["role"] == "tool"]
-    assert "cannot load YOLO model" in results[0], results
+        results = []
+        for _ in range(2):  # the second detection gets the same answer, without a new deploy
+            llm.reset()
+            llm.script("detect please", [ToolCalls([Call("detect_objects",
+                                                         {"image_path": name})])])
+            reply = c.post(f"/api/sessions/{sid}/messages", json={"content": "detect please"})
+            results += [m["content"] for m in reply.json()["messages"] if m["role"] == "tool"]
+    assert all("cannot load YOLO model" in r for r in results), results
+    deadline = time.monotonic() + 60  # (an actor's log line reaches the gateway's log)
+    while "object detector could not start" not in serve.log.read_text():
+        assert time.monotonic() < deadline, serve.log.read_text()[-3000:]
+        time.sleep(1)
     assert serve.log.read_text().count("object detector could not start") == 1
     serve.stop_and_check()
