@@ -626,7 +626,7 @@ async def handle(settings: Settings | None = None, timeout: float = READY_TIMEOU
 
 async def ensure(settings: Settings) -> None:
     """Have the cluster's registry deploy the detector (once, whoever asks first)."""
-    from actors.registry import registry_handle
+    from actors.session.registry import registry_handle
 
     registry = await asyncio.to_thread(registry_handle)
     if registry is None:

@@ -35,7 +35,7 @@ import ray
 from actors.context_window import prompt_tokens, text_tokens
 from actors.errors import LLMFailed
 from actors.metrics import record
-from actors.names import NAMESPACE
+from actors.session.names import NAMESPACE
 from actors.settings import Settings
 
 Chunk = dict[str, Any]

@@ -45,7 +45,7 @@ import ray
 from actors import detector
 from actors.context import ToolContext, Web
 from actors.net.guard import UrlGuard
-from actors.session_files import PREFIX, file_name, safe_stem
+from actors.session.files import PREFIX, file_name, safe_stem
 from actors.settings import Settings
 from actors.tools import vision
 

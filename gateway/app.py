@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from actors.metrics import record
-from actors.registry import registry
+from actors.session.registry import registry
 from actors.settings import Settings, from_env
 from actors.store import Store, open_store
 from gateway import errors, placement, security
@@ -24,7 +24,7 @@ from gateway.quota import Quota
 from gateway.ray_conn import connect
 from gateway.routes import auth, chat, docs, events, files, health, me, page, sessions, turn
 from gateway.routes.page import STATIC
-from gateway.sessions import SessionClient
+from gateway.session_client import SessionClient
 
 log = logging.getLogger(__name__)
 

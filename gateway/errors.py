@@ -14,12 +14,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from actors.errors import NotFound, Passivating, SessionGone, cause_text
-from actors.events import TooManyListeners
-from actors.session_files import FilesFull
+from actors.session.events import TooManyListeners
+from actors.session.files import FilesFull
 from actors.store import StoreError
 from gateway.identity import SignInNeeded
 from gateway.quota import LimitExceeded
-from gateway.sessions import SessionsFull
+from gateway.session_client import SessionsFull
 
 UNKNOWN = "unknown session"
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import contextlib
 import uuid
 from typing import Any
 
-from actors.registry import LEASE_S
+from actors.session.registry import LEASE_S
 from gateway.identity import Caller
 from gateway.quota import LimitExceeded
 

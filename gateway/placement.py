@@ -13,7 +13,7 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.registry import default_cap
+from actors.session.registry import default_cap
 from actors.settings import Settings
 from actors.store import is_shared
 

@@ -75,7 +75,7 @@ _TOOL_DIRS = ("/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin")  # where we loo
 
 
 def scratch_path(key: str) -> Path:
-    """The working directory of the session whose key (actors.names.session_key) is `key`."""
+    """The working directory of the session whose key (names.session_key) is `key`."""
     if not re.fullmatch(r"[0-9a-f]{32}", key):
         raise ValueError("not a session key")
     # Named by another digest of the key: `pwd` goes to the model, the key must not.

@@ -22,7 +22,7 @@ from pydantic import Field
 from actors import media
 from actors.context import ToolContext
 from actors.errors import LLMFailed
-from actors.session_files import file_name, safe_stem
+from actors.session.files import file_name, safe_stem
 
 QUESTION = """
     Describe this image quantitatively as many as possible in json format.

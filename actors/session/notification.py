@@ -31,18 +31,18 @@ from typing import Any
 
 import ray
 
-from actors.chat import run_turn
 from actors.context import ToolContext, Web
 from actors.errors import LLMFailed
-from actors.events import publish
 from actors.llm import LLM
-from actors.names import NAMESPACE
 from actors.net.guard import UrlGuard
-from actors.session_files import SessionFiles
+from actors.session.events import publish
+from actors.session.files import SessionFiles
+from actors.session.names import NAMESPACE
 from actors.settings import Settings
 from actors.store import Fenced, is_shared, open_store
 from actors.store.journal import SessionJournal
 from actors.tools import builtin_tools
+from actors.turn_loop import run_turn
 
 PREFIX = "notify:"
 SESSION_PREFIX = "session:"

@@ -28,9 +28,9 @@ from ray.actor import ActorHandle
 
 from actors.errors import Passivating, SessionGone
 from actors.metrics import record
-from actors.names import NAMESPACE, actor_name, session_key
-from actors.notification import stop_child
-from actors.session import SessionActorRemote, session_options
+from actors.session.actor import SessionActorRemote, session_options
+from actors.session.names import NAMESPACE, actor_name, session_key
+from actors.session.notification import stop_child
 from actors.settings import Settings
 from actors.store import Store
 from gateway.identity import Caller

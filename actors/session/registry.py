@@ -15,7 +15,7 @@ same way when the count looks full.
 Being the one actor per cluster, it also counts each user's open listeners (leases that their
 gateway renews, so a gateway that dies frees its users' places within `LEASE_S`), runs the
 retention sweep (sessions unused for `LLMCAM_SESSION_TTL_SECONDS` are deleted whole) and
-supervises the notification streams (actors/stream_supervision.py: running rows have a child).
+supervises the notification streams (actors/session/supervision.py: running rows have a child).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import ray
 
 from actors.metrics import record
-from actors.names import NAMESPACE
+from actors.session.names import NAMESPACE
 
 log = logging.getLogger(__name__)
 REGISTRY_NAME = "live-sessions"
@@ -69,7 +69,7 @@ class LiveSessions:
         self._cap = max(1, int(cap))
         if settings is not None:
             from actors.retention import sweep_forever
-            from actors.stream_supervision import supervise_forever
+            from actors.session.supervision import supervise_forever
 
             for running in self._sweepers.pop(settings.db_url, ()):
                 running.cancel()

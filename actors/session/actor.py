@@ -5,7 +5,7 @@ rebuilt from.
 Session actors are virtual (Orleans' grains on Ray): a session is a row in the store, and its
 actor exists while it is used. It ends itself after `idle_seconds` with no call in flight and no
 open /events stream (only inbound calls count as use, not its own timers; its notification
-streams run on in its child, actors/notification.py), or when the cluster's registry asks it
+streams run on in its child, actors/session/notification.py), or when the cluster's registry asks it
 to make room and it is idle. From the moment it decides to go it refuses new calls
 (`Passivating`: the gateway asks again and gets the next activation), so nothing is half-served
 by an actor that is ending; the epoch fence in the store makes a turn that raced the handover
@@ -27,24 +27,24 @@ from typing import Any
 import ray
 
 from actors._ray import release_memory
-from actors.chat import SchemaCache, event, repair, run_turn
 from actors.confirm import Confirmations
 from actors.context import ToolContext, Web
 from actors.errors import LLMFailed, NotFound, Passivating, SessionGone
-from actors.events import EventHub
 from actors.llm import LLM
 from actors.metrics import record
-from actors.names import NAMESPACE, actor_name, session_key
 from actors.net.guard import UrlGuard
-from actors.registry import registry_handle
-from actors.session_files import SessionFiles, content_type, file_name
+from actors.session.events import EventHub
+from actors.session.files import SessionFiles, content_type, file_name
+from actors.session.names import NAMESPACE, actor_name, session_key
+from actors.session.registry import registry_handle
+from actors.session.streams import SessionStreams
+from actors.session.turn_log import STOPPED_NOTE, TurnLog
 from actors.settings import Settings
 from actors.store import Fenced, open_store
 from actors.store.journal import SessionJournal
-from actors.streams import SessionStreams
 from actors.toolbox import Toolbox
 from actors.tools import builtin_tools
-from actors.turns import STOPPED_NOTE, TurnLog
+from actors.turn_loop import SchemaCache, event, repair, run_turn
 
 SYSTEM_PROMPT = (
     "You are llmcam, a helpful assistant that can capture frames from live cameras, detect "
@@ -469,7 +469,7 @@ class SessionActor:
                 self._registry.gone.remote(self._key, "deleted")
         self._state = "gone"
 
-    # notification streams (see actors/streams.py) ------------------------------------------------
+    # notification streams (see streams.py) ------------------------------------------------
     async def notifications(self) -> list[dict[str, Any]]:
         with self._active():
             await self._fresh()
