@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-import ray
 from fastapi import APIRouter, HTTPException, Response
 
 from gateway.deps import ListenersDep, SessionsDep
@@ -33,26 +32,19 @@ NO_TURN = "no turn is in flight"
 async def watch_turn(sid: str, sessions: SessionsDep, listeners: ListenersDep) -> Response:
     """The turn in flight as SSE (`token`, `tool_call`, `tool_result`, then `done` or
     `error`), replayed from its start; 204 when no turn is in flight."""
-
-    async def first(handle: Any) -> tuple[Any, dict[str, Any] | None]:
-        generator = handle.current_turn.remote()
-        try:
-            ref = await generator.__anext__()
-        except StopAsyncIteration:
-            return generator, None
-        return generator, await ref
-
     await sessions.handle(sid)  # 404 before a listener's place is taken
     lease = await listeners.acquire(sessions.caller)  # 429 over LLMCAM_USER_LISTENERS
+    items = sessions.stream(sid, lambda handle: handle.current_turn.remote())
     try:
-        generator, item = await sessions.call(sid, first)
+        first = await anext(items, None)
     except BaseException:
         listeners.release(lease)
+        await items.aclose()
         raise
-    if item is None:
+    if first is None:
         listeners.release(lease)
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
-    return sse_response(_sse(generator, item, listeners, lease))
+    return sse_response(_sse(items, first, listeners, lease))
 
 
 @router.delete("", status_code=204,
@@ -73,13 +65,15 @@ async def confirm_call(sid: str, body: Confirm, sessions: SessionsDep) -> Respon
     return Response(status_code=204)
 
 
-async def _sse(generator: Any, first: dict[str, Any], listeners: Listeners,
-               lease: str) -> AsyncIterator[dict[str, str]]:
+async def _sse(items: AsyncIterator[dict[str, Any]], first: dict[str, Any],
+               listeners: Listeners, lease: str) -> AsyncIterator[dict[str, str]]:
+    """The turn's events; a session that moved mid-turn is followed to its next activation
+    (which has no turn in flight, so the stream ends there: GET …/messages has the rest)."""
     try:
         if (out := sse_event(first)) is not None:
             yield out
-        async for ref in generator:
-            if (out := sse_event(await ref)) is not None:
+        async for item in items:
+            if (out := sse_event(item)) is not None:
                 yield out
     except Exception as exc:  # the stream has started: report in-band
         log.warning("watching a turn failed: %s", type(exc).__name__)
@@ -87,11 +81,4 @@ async def _sse(generator: Any, first: dict[str, Any], listeners: Listeners,
                                                                "followed to its end"})}
     finally:
         listeners.release(lease)
-        _cancel(generator)  # a closed tab leaves no watcher behind in the actor
-
-
-def _cancel(generator: Any) -> None:
-    try:
-        ray.cancel(generator)
-    except Exception:  # finished, or its actor is gone
-        pass
+        await items.aclose()  # a closed tab leaves no watcher behind in the actor
