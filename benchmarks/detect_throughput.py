@@ -42,8 +42,8 @@ import cv2
 import numpy as np
 import ray
 
-from actors import detector
 from actors.context import ToolContext, Web
+from actors.detector import client as detector
 from actors.net.guard import UrlGuard
 from actors.session.files import PREFIX, file_name, safe_stem
 from actors.settings import Settings

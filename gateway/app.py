@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
         detector = None
         # a cluster's detector is deployed at start; an embedded one on its first use
         if settings.ray_address if deploy_detector is None else deploy_detector:
-            from actors.detector import Deployment
+            from actors.detector.client import Deployment
 
             detector = app.state.detector = Deployment(settings, app.state.sessions.registry)
             detector.start()

@@ -18,6 +18,9 @@ restarted by Ray after its own death or its node's (it then resumes every runnin
 for no CPU while it waits. `sync` is its one entry: it reads the session's rows and starts or
 stops tasks to match them; with nothing left running the child ends itself. Whoever changes a
 row (the session's actor, the registry's supervision after a cluster restart) calls `sync`.
+
+Over 300 lines on purpose: the child, its epoch fence and the stream-bound tools share
+one stream's state; apart, each would reach into the others.
 """
 
 from __future__ import annotations

@@ -186,7 +186,7 @@ class LiveSessions:
             await running
             return None
         except Exception as exc:
-            from actors.detector import _reason  # (Serve is imported here only on a failure)
+            from actors.detector.client import _reason  # (Serve is imported here only on a failure)
 
             if self._detector is running:
                 self._detector = None
@@ -198,7 +198,7 @@ class LiveSessions:
         try:
             await running
         except Exception as exc:
-            from actors.detector import _reason
+            from actors.detector.client import _reason
 
             log.error("the object detector could not start (detect_objects answers with the "
                       "reason): %s", _reason(exc))
@@ -234,7 +234,7 @@ async def _ended(ref: Any) -> bool:
 def _deploy_detector(settings: Any) -> None:
     """The detector's deploy, as the registry's Ray task: no thread of a gateway or a session
     waits in Serve, and the registry itself never imports it."""
-    from actors.detector import deploy
+    from actors.detector.client import deploy
 
     deploy(settings)
 

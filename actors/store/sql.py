@@ -11,6 +11,9 @@ transaction as the data: both implementations lock the session's row first.
 
 Two implementations share this SQL: SQLite (the embedded default: one file on the gateway's
 node) and PostgreSQL (what a cluster uses: every node reaches it). `open_store` picks one.
+
+Over 300 lines on purpose: every query of the store is here, so that each write's epoch
+fence is read beside the write it guards.
 """
 
 from __future__ import annotations

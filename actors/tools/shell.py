@@ -29,6 +29,9 @@ says the sandbox is unavailable and runs nothing: it never falls back to an unsa
 Commands also run with a cap on the output kept and no stdin. A plain command (no shell syntax)
 runs directly from its argv; anything else through `bash -c` with an explicit argv, never
 `shell=True`.
+
+Over 300 lines on purpose: the sandbox's argv is built in one module, to be reviewed as
+a whole.
 """
 
 from __future__ import annotations
