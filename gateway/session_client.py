@@ -6,8 +6,8 @@ cluster's cap (the registry may passivate the least recently used idle session t
 or answer that every live one is busy: `SessionsFull`, a 503 with Retry-After), the 404 for an
 unknown session (also for a session that belongs to another user: the row names its owner),
 and the retry when an actor died or is passivating, for plain calls and streamed ones alike.
-Errors leave here as the types in actors/errors.py, `SessionsFull` and `LimitExceeded`;
-gateway/errors.py maps each to its HTTP status once. Every method takes the `Caller`
+Errors leave here as the types in actors/errors.py (`SessionsFull` and `LimitExceeded` among
+them); gateway/errors.py maps each to its HTTP status once. Every method takes the `Caller`
 (gateway/identity.py); `ForCaller` binds one, for the routes.
 
 Over 300 lines on purpose: activation, admission and the retry through deaths are the
@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import ray
 from ray.actor import ActorHandle
 
-from actors.errors import Passivating, SessionGone
+from actors.errors import LimitExceeded, Passivating, SessionGone, SessionsFull
 from actors.metrics import record
 from actors.session.actor import SessionActorRemote, session_options
 from actors.session.names import NAMESPACE, actor_name, session_key
@@ -35,7 +35,6 @@ from actors.session.notification import stop_child
 from actors.settings import Settings
 from actors.store import Store
 from gateway.identity import Caller
-from gateway.quota import LimitExceeded
 from gateway.spares import SparePool, new_session_id
 
 T = TypeVar("T")
@@ -48,14 +47,6 @@ RETRY_S = 90.0  # how long a call follows its session through deaths and handove
 CREATION_ATTEMPTS = 2  # a constructor that fails (store down) is not retried for long
 log = logging.getLogger(__name__)
 _MOVED = (Passivating, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-
-
-class SessionsFull(RuntimeError):
-    """Every live session actor is busy and the cluster's cap is reached."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("every session slot of the cluster is busy; try again shortly")
-        self.retry_after = retry_after
 
 
 class SessionClient:

@@ -26,6 +26,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from actors.errors import StoreError
+
 SCHEMA_VERSION = 4
 TABLES = ("sessions", "messages", "turns", "services", "files", "events", "streams")
 # Columns versions 3 and 4 added to tables that existed before (a migration adds them).
@@ -53,10 +55,6 @@ class NotifierEpoch:
 
 
 Epoch = int | NotifierEpoch
-
-
-class StoreError(RuntimeError):
-    """The database is unreachable or not one this server can use; the text says why."""
 
 
 @dataclass(frozen=True)
