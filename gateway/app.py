@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from actors.metrics import record
-from actors.session.registry import registry
+from actors.session.registry import live_cap, registry
 from actors.settings import Settings, from_env
 from actors.store import Store, open_store
 from gateway import errors, placement, security
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
 
 def session_client(settings: Settings, store: Store) -> SessionClient:
     """The session client with the cluster's registry (its cap set) and the placement."""
-    cap = placement.live_cap(settings)
+    cap = live_cap(settings)
     scheduling = placement.scheduling(settings)
     live = registry(cap, scheduling)
     ray.get(live.configure.remote(cap, settings))  # also (re)starts the retention sweep

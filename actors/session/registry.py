@@ -38,9 +38,12 @@ LEASE_S = 60.0  # a listener's place is kept this long after its gateway last re
 MEMORY_PER_SESSION = 60 * 1024 * 1024  # what a live session actor costs, with headroom
 
 
-def default_cap(cluster_memory_bytes: float) -> int:
-    """LLMCAM_MAX_LIVE_SESSIONS when unset: the cluster's memory at ~60 MB a session."""
-    return max(4, int(cluster_memory_bytes // MEMORY_PER_SESSION))
+def live_cap(settings: Any) -> int:
+    """How many session actors may be live at once in the cluster: LLMCAM_MAX_LIVE_SESSIONS, or
+    the cluster's memory at ~60 MB a session (at least 4)."""
+    if settings.max_live_sessions:
+        return int(settings.max_live_sessions)
+    return max(4, int(ray.cluster_resources().get("memory", 0.0) // MEMORY_PER_SESSION))
 
 
 def _live_keys() -> set[str]:
