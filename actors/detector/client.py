@@ -161,36 +161,6 @@ def _model_error(text: str) -> str:
     return text[found:end + len("LLMCAM_YOLO_MODEL") if end >= 0 else found + 400][:400]
 
 
-def _keep_replica_port_on_node_address() -> None:
-    """Ray Serve 2.60 starts, in every replica once its constructor has run, an unauthenticated
-    gRPC server for inter-deployment calls that unpickles what it is sent, and binds it to
-    every interface (`[::]:0`, no setting for the host: ray-project/ray#64544 asks for a port
-    range only). On a laptop that is remote code execution for anyone on the same network.
-    Our handles do not use that transport (`RAY_SERVE_USE_GRPC_BY_DEFAULT` is off), so the
-    replica binds it to its node's Ray address instead, the address every other Ray server of
-    the node listens on (loopback for the embedded Ray). tests/test_cli.py checks that no
-    process of an embedded server listens beyond loopback after a detection."""
-    if not ray.is_initialized():
-        return
-    try:
-        from ray.serve._private import replica
-    except ImportError:
-        return
-    bind = getattr(replica, "add_port_to_grpc_server", None)
-    if bind is None or getattr(bind, "llmcam_node_address", False):
-        return
-    node_ip = ray.util.get_node_ip_address()
-    host = f"[{node_ip}]" if ":" in node_ip else node_ip
-
-    def on_node_address(server: Any, address: str) -> int:
-        if address.startswith("[::]:"):
-            address = f"{host}:{address.rsplit(':', 1)[1]}"
-        return bind(server, address)
-
-    on_node_address.llmcam_node_address = True  # type: ignore[attr-defined]
-    replica.add_port_to_grpc_server = on_node_address
-
-
 # Calling it (from sessions) --------------------------------------------------------------------
 
 _handle: Any = None  # one handle per process: it routes for every session in it
