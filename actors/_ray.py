@@ -8,7 +8,7 @@ import gc
 
 def release_memory(collect: bool = True) -> None:
     """Hand freed heap back to the OS (after start-up: hundreds of these actors share a node;
-    after a detector batch: see actors/detector.py)."""
+    after a detector batch: see actors/detector/replica.py)."""
     if collect:
         gc.collect()
     try:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from actors.names import session_key
 from actors.net.guard import UrlGuard
+from actors.session.names import session_key
 from actors.settings import Settings
 from actors.store import FileInfo
 

@@ -15,6 +15,9 @@ first at once (the page shows the first token promptly), then whatever arrived w
 
 Every streamed request asks for the server's token counts (`stream_options.include_usage`);
 they come last, as a chunk of their own: {"usage": {"prompt_tokens", "completion_tokens"}}.
+
+Over 300 lines on purpose: both ends of one streamed call (the LLMClient actor and the
+session's `LLM`) are here, because their chunking and failure summaries must agree.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import ray
 from actors.context_window import prompt_tokens, text_tokens
 from actors.errors import LLMFailed
 from actors.metrics import record
-from actors.names import NAMESPACE
+from actors.session.names import NAMESPACE
 from actors.settings import Settings
 
 Chunk = dict[str, Any]

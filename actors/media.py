@@ -9,6 +9,9 @@ own exception (not a Ray traceback), so the model reads a clear message.
 yt-dlp and OpenCV connect on their own (redirects, refreshes, playlists, segments, keys): a
 capture task runs them through a guarded proxy in its own process (`actors.net.proxy`), so each of
 those connections passes the session's URL guard by the address it connects to.
+
+Over 300 lines on purpose: each task is short, and all of them share the bounded runner
+(`run`) and the rule that heavy libraries are imported only inside a task.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ def _metrics() -> dict[str, Any]:
                            description="Requests refused by a per-user limit, by the limit's "
                            "variable (LLMCAM_RATE_TURNS, LLMCAM_USER_LIVE_SESSIONS, ...).",
                            tag_keys=("limit",)),
-        # the turn path (actors/session.py, actors/chat.py)
+        # the turn path (actors/session/actor.py, actors/turn_loop.py)
         "turn_first_token": Histogram(
             "llmcam_turn_first_token_seconds", boundaries=LATENCY_BOUNDARIES,
             description="From a turn's start (its user message recorded) to its first "

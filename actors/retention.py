@@ -13,8 +13,8 @@ from typing import Any
 
 import ray
 
-from actors.names import NAMESPACE
-from actors.notification import stop_child
+from actors.session.names import NAMESPACE
+from actors.session.notification import stop_child
 from actors.settings import Settings
 from actors.store import Store, open_store
 

@@ -340,7 +340,7 @@ def session_actor_uss(server: Server, sids: list[str]) -> list[float]:
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
-    from actors.names import NAMESPACE, session_key
+    from actors.session.names import NAMESPACE, session_key
 
     step = max(1, len(sids) // MEMORY_SAMPLES)
     values: list[float] = []

@@ -42,10 +42,10 @@ import cv2
 import numpy as np
 import ray
 
-from actors import detector
 from actors.context import ToolContext, Web
+from actors.detector import client as detector
 from actors.net.guard import UrlGuard
-from actors.session_files import PREFIX, file_name, safe_stem
+from actors.session.files import PREFIX, file_name, safe_stem
 from actors.settings import Settings
 from actors.tools import vision
 

@@ -51,7 +51,7 @@ from typing import Any
 import httpx
 import psutil
 
-from actors.names import session_key
+from actors.session.names import session_key
 from actors.store import open_store
 from benchmarks._harness import UNBOUNDED_ENV, write_results
 from benchmarks.chat_load import Server, log_problems, machine, pct

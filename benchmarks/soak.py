@@ -82,7 +82,7 @@ import httpx
 import psutil
 import ray
 
-from actors.names import NAMESPACE, actor_name, session_key
+from actors.session.names import NAMESPACE, actor_name, session_key
 from benchmarks._harness import (
     MB,
     UNBOUNDED_ENV,

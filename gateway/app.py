@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from actors.metrics import record
-from actors.registry import registry
+from actors.session.registry import live_cap, registry
 from actors.settings import Settings, from_env
 from actors.store import Store, open_store
 from gateway import errors, placement, security
@@ -24,7 +24,7 @@ from gateway.quota import Quota
 from gateway.ray_conn import connect
 from gateway.routes import auth, chat, docs, events, files, health, me, page, sessions, turn
 from gateway.routes.page import STATIC
-from gateway.sessions import SessionClient
+from gateway.session_client import SessionClient
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
         detector = None
         # a cluster's detector is deployed at start; an embedded one on its first use
         if settings.ray_address if deploy_detector is None else deploy_detector:
-            from actors.detector import Deployment
+            from actors.detector.client import Deployment
 
             detector = app.state.detector = Deployment(settings, app.state.sessions.registry)
             detector.start()
@@ -85,7 +85,7 @@ def create_app(settings: Settings | None = None, *, include_dashboard: bool | No
 
 def session_client(settings: Settings, store: Store) -> SessionClient:
     """The session client with the cluster's registry (its cap set) and the placement."""
-    cap = placement.live_cap(settings)
+    cap = live_cap(settings)
     scheduling = placement.scheduling(settings)
     live = registry(cap, scheduling)
     ray.get(live.configure.remote(cap, settings))  # also (re)starts the retention sweep

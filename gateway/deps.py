@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from gateway.identity import Caller, CallerDep, get_caller
 from gateway.listeners import Listeners
 from gateway.quota import Quota
-from gateway.sessions import ForCaller, SessionClient
+from gateway.session_client import ForCaller, SessionClient
 
 
 def get_client(request: Request) -> SessionClient:

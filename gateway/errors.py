@@ -13,13 +13,18 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from actors.errors import NotFound, Passivating, SessionGone, cause_text
-from actors.events import TooManyListeners
-from actors.session_files import FilesFull
-from actors.store import StoreError
-from gateway.identity import SignInNeeded
-from gateway.quota import LimitExceeded
-from gateway.sessions import SessionsFull
+from actors.errors import (
+    FilesFull,
+    LimitExceeded,
+    NotFound,
+    Passivating,
+    SessionGone,
+    SessionsFull,
+    SignInNeeded,
+    StoreError,
+    TooManyListeners,
+    cause_text,
+)
 
 UNKNOWN = "unknown session"
 log = logging.getLogger(__name__)

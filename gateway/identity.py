@@ -21,6 +21,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from actors.errors import SignInNeeded
 from actors.settings import Settings
 
 USER_COOKIE = "llmcam_user"
@@ -44,15 +45,6 @@ class Caller:
 
     def __repr__(self) -> str:
         return f"Caller({self.name or self.address})"
-
-
-class SignInNeeded(PermissionError):
-    """An /api request without a user in `proxy` or `oidc` mode (401)."""
-
-    def __init__(self, mode: str) -> None:
-        super().__init__("sign-in needed: open /login" if mode == "oidc" else
-                         "sign-in needed: this server expects a signed-in user from its proxy")
-        self.login = "/login" if mode == "oidc" else None
 
 
 class Identity:

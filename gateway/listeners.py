@@ -9,9 +9,9 @@ import contextlib
 import uuid
 from typing import Any
 
-from actors.registry import LEASE_S
+from actors.errors import LimitExceeded
+from actors.session.registry import LEASE_S
 from gateway.identity import Caller
-from gateway.quota import LimitExceeded
 
 
 class Listeners:

@@ -1,8 +1,8 @@
-"""Where session actors run, and how many may be live: decided once, when the gateway starts.
+"""Where session actors run: decided once, when the gateway starts.
 
 With a shared store (PostgreSQL) session actors spread over the cluster's nodes; with the
-embedded SQLite store they stay on the gateway's node, where the file is. The cap on live
-session actors is LLMCAM_MAX_LIVE_SESSIONS, or the cluster's memory at ~60 MB a session.
+embedded SQLite store they stay on the gateway's node, where the file is. (How many may be live
+is the registry's: `actors.session.registry.live_cap`.)
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from actors.registry import default_cap
 from actors.settings import Settings
 from actors.store import is_shared
 
@@ -31,9 +30,3 @@ def scheduling(settings: Settings) -> Any:
                  "every node reaches to spread them)", len(nodes))
     return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
                                           soft=False)
-
-
-def live_cap(settings: Settings) -> int:
-    if settings.max_live_sessions:
-        return settings.max_live_sessions
-    return default_cap(ray.cluster_resources().get("memory", 0.0))

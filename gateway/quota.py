@@ -18,20 +18,10 @@ from limits import RateLimitItemPerMinute
 from limits.storage import Storage
 from limits.strategies import FixedWindowRateLimiter
 
-from actors.metrics import record
+from actors.errors import LimitExceeded
 from actors.settings import Settings
 from actors.store import Store, StoreError
 from gateway.identity import Caller
-
-
-class LimitExceeded(RuntimeError):
-    """A per-user limit refused the request (429 with Retry-After; `limit` names it)."""
-
-    def __init__(self, limit: str, detail: str, retry_after: float) -> None:
-        super().__init__(detail)
-        self.limit = limit
-        self.retry_after = max(1.0, retry_after)
-        record("limited", limit=limit)
 
 
 class StoreStorage(Storage):

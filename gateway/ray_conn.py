@@ -7,7 +7,7 @@ import os
 
 import ray
 
-from actors.names import NAMESPACE
+from actors.session.names import NAMESPACE
 from actors.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,9 +17,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from actors.names import session_key
 from actors.net.guard import UrlGuard
 from actors.net.proxy import GuardedProxy
+from actors.session.names import session_key
 from testing.standins import Call, OpenAIServer, ToolCalls, VideoServer
 from tests.conftest import Gateway, make_settings, new_session
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import ray
 
-from actors.names import NAMESPACE, actor_name
+from actors.session.names import NAMESPACE, actor_name
 from testing.ray_node import RayNode
 from testing.standins import OpenAIServer
 from tests.conftest import ROOT, Gateway, free_port, fresh_database, make_settings, new_session

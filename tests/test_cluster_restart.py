@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from actors.names import session_key
+from actors.session.names import session_key
 from actors.store import open_store
 from testing.standins import OpenAIServer
 from tests.conftest import fresh_database, serve_embedded

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from actors.names import NAMESPACE, session_key
+from actors.session.names import NAMESPACE, session_key
 from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls, VideoServer
 from testing.standins._background import BackgroundServer
 from tests.conftest import Gateway, make_settings, new_session

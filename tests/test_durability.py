@@ -10,7 +10,7 @@ import httpx
 import pytest
 import ray
 
-from actors.names import NAMESPACE, actor_name
+from actors.session.names import NAMESPACE, actor_name
 from testing.standins import Call, ToolCalls
 from tests.conftest import Gateway, ServeProcess, make_settings, new_session
 

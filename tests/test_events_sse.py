@@ -18,7 +18,7 @@ import pytest
 import ray
 from ray._private import state as ray_state
 
-from actors.names import NAMESPACE, actor_name, session_key
+from actors.session.names import NAMESPACE, actor_name, session_key
 from actors.store import open_store
 from gateway import sse as sse_module
 from testing.standins import Call, OpenAIServer, Text, ToolCalls

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors.names import session_key
+from actors.session.names import session_key
 from actors.tools.shell import argv_for, run_command, scratch_path
 from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway, make_settings, new_session

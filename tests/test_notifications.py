@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from actors.streams import stream_context, stream_interval
+from actors.session.streams import stream_context, stream_interval
 from testing.standins import Call, Fail, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway
 from tests.test_events_sse import (

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from actors.names import session_key
+from actors.session.names import session_key
 from actors.store import open_store
 from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
 from testing.standins.digitraffic_server import API_PREFIX

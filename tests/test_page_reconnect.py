@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors.names import session_key
+from actors.session.names import session_key
 from actors.store import open_store
 from testing.standins import Call, OpenAIServer, ToolCalls
 from tests.conftest import Gateway, make_settings

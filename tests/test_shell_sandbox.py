@@ -30,7 +30,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from actors.names import session_key
+from actors.session.names import session_key
 from actors.settings import BUILTIN_TOOL_MODULES
 from actors.tools import shell
 from actors.tools.shell import remove_scratch, scratch_path

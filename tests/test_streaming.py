@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 
-from actors.chat import SchemaCache
 from actors.llm import LLMClient, merge
 from actors.schema import function_tool
+from actors.session.turn_log import TurnLog
 from actors.settings import Settings
-from actors.turns import TurnLog
+from actors.turn_loop import SchemaCache
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway, make_settings
 from tests.test_turn_control import events, text_of
@@ -258,9 +258,9 @@ async def test_a_turn_over_a_long_history_sends_at_most_the_context_limit(
     """run_turn with `max_context_tokens`: the stand-in receives the system message and the
     newest whole turns within the limit (tool schemas included); the history keeps
     everything; each model call's usage comes out as a `usage` event after its message."""
-    from actors.chat import run_turn
     from actors.context_window import prompt_tokens
     from actors.llm import LLM
+    from actors.turn_loop import run_turn
     from testing.standins.openai_server import _usage
     from tests.test_context_window import conversation
 
@@ -296,8 +296,8 @@ async def test_a_turn_over_a_long_history_sends_at_most_the_context_limit(
 
 
 async def test_a_server_that_reports_no_usage_is_counted_at_four_characters_a_token() -> None:
-    from actors.chat import run_turn
     from actors.context_window import prompt_tokens, text_tokens
+    from actors.turn_loop import run_turn
 
     class Quiet:  # an LLM whose server reports no usage
         def __init__(self) -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 import ray
 
-from actors.names import NAMESPACE, actor_name, session_key
+from actors.session.names import NAMESPACE, actor_name, session_key
 from actors.store import open_store
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
 from tests.conftest import Gateway, fresh_database, make_settings

@@ -11,6 +11,9 @@ transaction as the data: both implementations lock the session's row first.
 
 Two implementations share this SQL: SQLite (the embedded default: one file on the gateway's
 node) and PostgreSQL (what a cluster uses: every node reaches it). `open_store` picks one.
+
+Over 300 lines on purpose: every query of the store is here, so that each write's epoch
+fence is read beside the write it guards.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from actors.errors import StoreError
 
 SCHEMA_VERSION = 4
 TABLES = ("sessions", "messages", "turns", "services", "files", "events", "streams")
@@ -50,10 +55,6 @@ class NotifierEpoch:
 
 
 Epoch = int | NotifierEpoch
-
-
-class StoreError(RuntimeError):
-    """The database is unreachable or not one this server can use; the text says why."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from pydantic import Field
 
 from actors import media
 from actors.context import ToolContext
-from actors.session_files import safe_stem
+from actors.session.files import safe_stem
 
 if TYPE_CHECKING:
     import httpx

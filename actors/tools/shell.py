@@ -29,6 +29,9 @@ says the sandbox is unavailable and runs nothing: it never falls back to an unsa
 Commands also run with a cap on the output kept and no stdin. A plain command (no shell syntax)
 runs directly from its argv; anything else through `bash -c` with an explicit argv, never
 `shell=True`.
+
+Over 300 lines on purpose: the sandbox's argv is built in one module, to be reviewed as
+a whole.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ _TOOL_DIRS = ("/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin")  # where we loo
 
 
 def scratch_path(key: str) -> Path:
-    """The working directory of the session whose key (actors.names.session_key) is `key`."""
+    """The working directory of the session whose key (names.session_key) is `key`."""
     if not re.fullmatch(r"[0-9a-f]{32}", key):
         raise ValueError("not a session key")
     # Named by another digest of the key: `pwd` goes to the model, the key must not.

@@ -22,7 +22,7 @@ from pydantic import Field
 from actors import media
 from actors.context import ToolContext
 from actors.errors import LLMFailed
-from actors.session_files import file_name, safe_stem
+from actors.session.files import file_name, safe_stem
 
 QUESTION = """
     Describe this image quantitatively as many as possible in json format.
@@ -120,7 +120,7 @@ async def detect_objects(
     conf: Annotated[float, Field(gt=0, le=1, description="Confidence threshold")] = 0.25,
 ) -> str:
     """Detect objects in an image with YOLO: counts per class, and an annotated image file."""
-    from actors import detector
+    from actors.detector import client as detector
 
     jpeg = await load_jpeg(ctx, image_path)
     result = await detector.detect(jpeg, conf, ctx.settings)
@@ -186,7 +186,7 @@ async def plot_object(
     jpegs = await asyncio.gather(*(load_jpeg(ctx, ref) for ref in images))
     series: dict[str, list[float | None]] = {}
     if use_yolo:
-        from actors import detector
+        from actors.detector import client as detector
 
         found = await asyncio.gather(*(detector.detect(jpeg, 0.25, ctx.settings)
                                        for jpeg in jpegs))

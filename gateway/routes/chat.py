@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 from gateway.deps import QuotaDep, SessionsDep
 from gateway.models import Message, PostMessage, Reply
-from gateway.sessions import ForCaller
+from gateway.session_client import ForCaller
 from gateway.sse import sse_event, sse_response
 
 router = APIRouter(prefix="/api/sessions/{sid}/messages", tags=["chat"])

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Header, HTTPException, Response
 from actors.errors import SessionGone
 from gateway.deps import ListenersDep, SessionsDep
 from gateway.listeners import Listeners
-from gateway.sessions import ForCaller
+from gateway.session_client import ForCaller
 from gateway.sse import sse_response
 
 router = APIRouter(prefix="/api/sessions/{sid}/events", tags=["notifications"])

@@ -1,8 +1,8 @@
 """The session's side of notification streams: their records, and its one child.
 
-A stream is a row in the store; the session's child NotificationActor (actors/notification.py)
-runs every running row of the session and stores their events itself, so the session's own
-actor may passivate while they run. Here the chat's tools and the API start and stop streams:
+A stream is a row in the store; the session's child NotificationActor (notification.py) runs
+every running row of the session and stores their events itself, so the session's own actor
+may passivate while they run. Here the chat's tools and the API start and stop streams:
 the row is written first (under the session's epoch), then the child is told to match the rows
 (`sync_child`). A live session's actor tells its child where to push events (`attach`).
 Collaborators are explicit: the session's journal, its settings and its history; nothing here
@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.metrics import record
-from actors.notification import stop_child, sync_child
+from actors.session.notification import stop_child, sync_child
 from actors.settings import Settings
 from actors.store.journal import SessionJournal
 

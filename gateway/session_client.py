@@ -6,35 +6,36 @@ cluster's cap (the registry may passivate the least recently used idle session t
 or answer that every live one is busy: `SessionsFull`, a 503 with Retry-After), the 404 for an
 unknown session (also for a session that belongs to another user: the row names its owner),
 and the retry when an actor died or is passivating, for plain calls and streamed ones alike.
-Errors leave here as the types in actors/errors.py, `SessionsFull` and `LimitExceeded`;
-gateway/errors.py maps each to its HTTP status once. Every method takes the `Caller`
+Errors leave here as the types in actors/errors.py (`SessionsFull` and `LimitExceeded` among
+them); gateway/errors.py maps each to its HTTP status once. Every method takes the `Caller`
 (gateway/identity.py); `ForCaller` binds one, for the routes.
+
+Over 300 lines on purpose: activation, admission and the retry through deaths are the
+one path every call takes, read top to bottom.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
 from typing import Any, TypeVar
 
 import ray
 from ray.actor import ActorHandle
 
-from actors.errors import Passivating, SessionGone
+from actors.errors import LimitExceeded, Passivating, SessionGone, SessionsFull
 from actors.metrics import record
-from actors.names import NAMESPACE, actor_name, session_key
-from actors.notification import stop_child
-from actors.session import SessionActorRemote, session_options
+from actors.session.actor import SessionActorRemote, session_options
+from actors.session.names import NAMESPACE, actor_name, session_key
+from actors.session.notification import stop_child
 from actors.settings import Settings
 from actors.store import Store
 from gateway.identity import Caller
-from gateway.quota import LimitExceeded
+from gateway.spares import SparePool, new_session_id
 
 T = TypeVar("T")
 CACHE_SIZE = 10_000
@@ -46,19 +47,6 @@ RETRY_S = 90.0  # how long a call follows its session through deaths and handove
 CREATION_ATTEMPTS = 2  # a constructor that fails (store down) is not retried for long
 log = logging.getLogger(__name__)
 _MOVED = (Passivating, ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError)
-
-
-class SessionsFull(RuntimeError):
-    """Every live session actor is busy and the cluster's cap is reached."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__("every session slot of the cluster is busy; try again shortly")
-        self.retry_after = retry_after
-
-
-def new_session_id() -> str:
-    """256 random bits: the ID is the capability to the session."""
-    return secrets.token_urlsafe(32)
 
 
 class SessionClient:
@@ -326,76 +314,3 @@ def _cancel(generator: Any) -> None:
         ray.cancel(generator, recursive=False)
     except Exception:  # its actor is gone already
         pass
-
-
-class SparePool:
-    """Session actors started ahead of any user, under IDs nobody has been given yet.
-
-    Starting an actor's worker process costs about a second of CPU; a burst of new users would
-    queue behind it. A spare is an actor that is up but not yet a session (no row in the store),
-    so it answers nothing until the gateway gives its ID to a new user. Each spare also costs a
-    process that wakes every 10 ms, so the pool is sized to the demand seen: as many as sessions
-    were created in the last `DEMAND_S` (at most LLMCAM_SPARE_SESSIONS), none for a laptop that
-    creates a session an hour. Spares are refilled one at a time after each claim; those over
-    the demand are ended, and a spare unclaimed for an hour ends itself.
-    """
-
-    EXPIRE_AFTER = 3600.0
-    DEMAND_S = 600.0
-    CHECK_S = 60.0
-
-    def __init__(self, settings: Settings, scheduling: Any = None) -> None:
-        self.settings = settings
-        self.scheduling = scheduling
-        self.size = settings.spare_sessions
-        self._ready: list[tuple[str, ActorHandle]] = []
-        self._task: asyncio.Task[None] | None = None
-        self._wanted = asyncio.Event()
-        self._taken: deque[float] = deque()  # when sessions were created, within DEMAND_S
-
-    @property
-    def target(self) -> int:
-        horizon = time.monotonic() - self.DEMAND_S
-        while self._taken and self._taken[0] < horizon:
-            self._taken.popleft()
-        return min(self.size, len(self._taken))
-
-    def take(self) -> tuple[str, ActorHandle] | None:
-        if self.size > 0:
-            self._taken.append(time.monotonic())
-            self._wanted.set()
-        return self._ready.pop(0) if self._ready else None
-
-    def start(self) -> None:
-        if self.size > 0 and self._task is None:
-            self._task = asyncio.create_task(self._fill())
-
-    async def _fill(self) -> None:
-        while True:
-            with suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), self.CHECK_S)
-            self._wanted.clear()
-            while len(self._ready) > self.target:  # less demand than spares: end the oldest
-                _, handle = self._ready.pop(0)
-                ray.kill(handle, no_restart=True)
-            while len(self._ready) < self.target:
-                try:
-                    self._ready.append(await self._make())
-                except Exception:  # Ray busy or going away: try again later
-                    await asyncio.sleep(5)
-
-    async def _make(self) -> tuple[str, ActorHandle]:
-        session_id = new_session_id()
-        handle = await asyncio.to_thread(
-            lambda: SessionActorRemote.options(
-                **session_options(session_id, self.scheduling)).remote(
-                session_id, self.settings, True))
-        await handle.warm.remote(self.EXPIRE_AFTER)
-        return session_id, handle
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        for _, handle in self._ready:
-            ray.kill(handle, no_restart=True)
-        self._ready.clear()

@@ -8,6 +8,7 @@ import re
 import time
 from urllib.parse import unquote
 
+from actors.errors import FilesFull
 from actors.store import FileInfo
 from actors.store.journal import SessionJournal
 
@@ -29,10 +30,6 @@ def safe_stem(text: str, limit: int = 40) -> str:
 
 def content_type(name: str) -> str:
     return CONTENT_TYPES.get(name.rpartition(".")[2].lower(), "application/octet-stream")
-
-
-class FilesFull(ValueError):
-    """The session keeps as many files (or bytes) as it may; the text says which and why."""
 
 
 class SessionFiles:

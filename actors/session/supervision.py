@@ -14,8 +14,8 @@ import logging
 
 import ray
 
-from actors.names import NAMESPACE
-from actors.notification import PREFIX, sync_child
+from actors.session.names import NAMESPACE
+from actors.session.notification import PREFIX, sync_child
 from actors.settings import Settings
 from actors.store import Store, open_store
 

@@ -1,38 +1,33 @@
-"""YOLO object detection as a Ray Serve deployment, and what sessions use to call it.
+"""The detector's replica: YOLO on the device Ray assigned, behind a `@serve.batch` batcher.
 
 Every replica asks Ray for `detector_gpus` GPUs (0 on a CPU-only cluster: same code), loads the
-model once, and batches the requests of all sessions with `@serve.batch`: one decode, one
-letterbox, one forward pass and one NMS per batch, on the device Ray assigned. Sessions send
-JPEG bytes (nodes share no disks) and get back counts per class and an annotated JPEG.
+model once, and batches the requests of all sessions: one decode, one letterbox, one forward
+pass and one NMS per batch. Sessions send JPEG bytes (nodes share no disks) and get back counts
+per class and an annotated JPEG. torch, ultralytics and OpenCV are imported inside the replica
+(in `Detector.__init__` and its methods), never at the top: client.py imports this module to
+deploy it.
 
-Session actors import this module for `detect()`: torch, ultralytics and OpenCV are imported
-inside the replica (in `Detector.__init__` and its methods), never here at the top.
+Over 300 lines: one batch's whole path on one device (decode, letterbox, forward, NMS,
+results) is one class, so that where each tensor lives and in which dtype is read in one
+place; the drawing is draw.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
-import logging
 import os
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray import serve
 
 from actors._ray import release_memory
-from actors.errors import cause_of
-from actors.settings import Settings
+from actors.detector.draw import PALETTE, LabelSprites, draw
 
-log = logging.getLogger(__name__)
-
-APP_NAME = "llmcam-detector"
 DEPLOYMENT = "Detector"
 MAX_BATCH = 32
 BATCH_WAIT_S = 0.01
@@ -40,24 +35,12 @@ CONCURRENT_BATCHES = 2
 IMGSZ = 640
 IOU = 0.7  # ultralytics' predict default
 MAX_DET = 300
-MAX_DRAWN = 100  # boxes drawn per image (all are counted)
 MAX_PIXELS = 50_000_000
-READY_TIMEOUT_S = 120.0
-CALL_TIMEOUT_S = 120.0
-PALETTE = ("FF3838", "FF9D97", "FF701F", "FFB21D", "CFD231", "48F90A", "92CC17", "3DDB86",
-           "1A9334", "00D4BB", "2C99A8", "00C2FF", "344593", "6473FF", "0018EC", "8438FF",
-           "520085", "CB38FF", "FF95C8", "FF37C7")  # ultralytics' colours
 
 
 class DetectionError(ValueError):
     """One image of a batch could not be used (not an image, too large); the others go on."""
 
-
-class DetectorUnavailable(RuntimeError):
-    """The detector deployment is not running (yet)."""
-
-
-# Deployment -------------------------------------------------------------------------------------
 
 @serve.deployment(name=DEPLOYMENT, max_ongoing_requests=CONCURRENT_BATCHES * MAX_BATCH,
                   health_check_period_s=10, graceful_shutdown_timeout_s=5)
@@ -106,7 +89,7 @@ class Detector:
         self._imgsz = imgsz
         self._palette = torch.tensor([[int(h[i:i + 2], 16) for i in (0, 2, 4)] for h in PALETTE],
                                      dtype=torch.uint8, device=self._device)
-        self._labels = _LabelSprites(self._names, self._palette, self._device)
+        self._labels = LabelSprites(self._names, self._palette, self._device)
         # the CPU path runs one batch at a time (two would only split the same cores)
         self._cpu_lock = threading.Lock() if self._device.type == "cpu" \
             else contextlib.nullcontext()
@@ -182,7 +165,7 @@ class Detector:
         preds = out[0] if isinstance(out, (list, tuple)) else out
         conf = torch.tensor([max(0.001, confs[i]) for i in good], device=self._device)
         found = self._postprocess(preds, conf, scale)
-        drawn = [self._draw(frame, boxes, classes)
+        drawn = [draw(frame, boxes, classes, self._palette, self._labels)
                  for frame, (boxes, _, classes) in zip(frames, found, strict=True)]
         jpegs = self._encode(drawn)
         for i, frame, (boxes, scores, classes), jpeg in zip(good, frames, found, jpegs,
@@ -298,39 +281,6 @@ class Detector:
             found.append((boxes[mine], scores[mine], classes[mine]))
         return found
 
-    def _draw(self, frame: Any, boxes: Any, classes: Any) -> Any:
-        """Box outlines and class labels, drawn with tensor indexing on the frame's device."""
-        torch = self._torch
-        if not len(boxes):
-            return frame
-        height, width = int(frame.shape[1]), int(frame.shape[2])
-        boxes, classes = boxes[:MAX_DRAWN].flip(0), classes[:MAX_DRAWN].flip(0)  # best on top
-        limit = torch.tensor([width - 1, height - 1, width - 1, height - 1], device=boxes.device)
-        xyxy = boxes.round().long().clamp(min=0).minimum(limit)
-        x1, y1, x2, y2 = xyxy.unbind(1)
-        colors = self._palette[classes % len(self._palette)]
-        thick = max(2, round(min(height, width) / 360))
-        span = int((xyxy[:, 2:] - xyxy[:, :2]).max()) + 1
-        step = torch.arange(span, device=boxes.device)
-        band = torch.arange(thick, device=boxes.device)
-        along_x = x1[:, None] + step  # (K, span)
-        along_y = y1[:, None] + step
-        ok_x = (step <= (x2 - x1)[:, None])[:, None, :]
-        ok_y = (step <= (y2 - y1)[:, None])[:, None, :]
-        rows = torch.cat([y1[:, None] + band, y2[:, None] - band], 1)[:, :, None]  # (K, 2t, 1)
-        cols = torch.cat([x1[:, None] + band, x2[:, None] - band], 1)[:, :, None]
-        shape = (len(xyxy), 2 * thick, span)
-        ys = torch.cat([rows.expand(shape)[ok_x.expand(shape)],
-                        along_y[:, None, :].expand(shape)[ok_y.expand(shape)]])
-        xs = torch.cat([along_x[:, None, :].expand(shape)[ok_x.expand(shape)],
-                        cols.expand(shape)[ok_y.expand(shape)]])
-        which = torch.arange(len(xyxy), device=boxes.device)[:, None, None].expand(shape)
-        owner = torch.cat([which[ok_x.expand(shape)], which[ok_y.expand(shape)]])
-        keep = (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-        frame[:, ys[keep], xs[keep]] = colors[owner[keep]].T
-        self._labels.paste(frame, x1, y1, classes, colors)
-        return frame
-
     def _encode(self, frames: list[Any]) -> list[bytes]:
         from torchvision.io import encode_jpeg
 
@@ -351,59 +301,6 @@ class Detector:
                 "width": int(frame.shape[2]), "height": int(frame.shape[1]), "image": jpeg}
 
 
-class _LabelSprites:
-    """Each class's label (its name, white on the class colour) rendered once with OpenCV,
-    kept as pixel offsets, so labels are pasted with one indexing op per image."""
-
-    def __init__(self, names: dict[int, str], palette: Any, device: Any) -> None:
-        import cv2
-        import numpy as np
-        import torch
-
-        sprites = []
-        for index in range(max(names) + 1 if names else 0):
-            text = names.get(index, str(index))
-            (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-            mask = np.zeros((th + base + 4, tw + 4), np.uint8)
-            cv2.putText(mask, text, (2, th + 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, 255, 1,
-                        cv2.LINE_AA)
-            sprites.append(mask)
-        size = max((m.size for m in sprites), default=1)
-        count = len(sprites)
-        self.dy = torch.zeros((count, size), dtype=torch.long)
-        self.dx = torch.zeros((count, size), dtype=torch.long)
-        self.text = torch.zeros((count, size), dtype=torch.bool)
-        self.valid = torch.zeros((count, size), dtype=torch.bool)
-        self.height = torch.zeros(count, dtype=torch.long)
-        for index, mask in enumerate(sprites):
-            ys, xs = np.indices(mask.shape)
-            n = mask.size
-            self.dy[index, :n] = torch.from_numpy(ys.ravel())
-            self.dx[index, :n] = torch.from_numpy(xs.ravel())
-            self.text[index, :n] = torch.from_numpy(mask.ravel() > 127)
-            self.valid[index, :n] = True
-            self.height[index] = mask.shape[0]
-        for name in ("dy", "dx", "text", "valid", "height"):
-            setattr(self, name, getattr(self, name).to(device))
-
-    def paste(self, frame: Any, x1: Any, y1: Any, classes: Any, colors: Any) -> None:
-        import torch
-
-        if not len(classes) or not self.valid.shape[0]:
-            return
-        height, width = int(frame.shape[1]), int(frame.shape[2])
-        classes = classes.clamp(0, self.valid.shape[0] - 1)
-        top = y1 - self.height[classes]
-        top = torch.where(top < 0, y1, top)  # no room above the box: inside it
-        ys = top[:, None] + self.dy[classes]
-        xs = x1[:, None] + self.dx[classes]
-        keep = self.valid[classes] & (ys < height) & (xs < width)
-        white = torch.full_like(colors, 255)
-        pixel = torch.where(self.text[classes][..., None], white[:, None, :],
-                            colors[:, None, :])
-        frame[:, ys[keep], xs[keep]] = pixel[keep].T
-
-
 def _image_header(data: bytes) -> tuple[str, int, int]:
     """(format, width, height) from the header alone (PIL reads no pixels here)."""
     import io
@@ -416,130 +313,6 @@ def _image_header(data: bytes) -> tuple[str, int, int]:
             return image.format or "", image.size[0], image.size[1]
     except Exception:
         raise DetectionError("the data is not an image") from None
-
-
-# Deploying -------------------------------------------------------------------------------------
-
-def detector_gpus(settings: Settings) -> float:
-    """GPUs per replica: the setting, else one where the cluster has GPUs, else none."""
-    if settings.detector_gpus is not None:
-        return float(settings.detector_gpus)
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-
-
-def _fingerprint(settings: Settings, gpus: float, options: dict[str, Any]) -> str:
-    """What makes one deployment of the detector differ from another: this code, the model,
-    the device and the options."""
-    digest = hashlib.sha256(Path(__file__).read_bytes())
-    digest.update(json.dumps([settings.yolo_model, gpus, settings.detector_replicas, IMGSZ,
-                              options, settings.worker_env()], sort_keys=True).encode())
-    return digest.hexdigest()[:16]
-
-
-def _running_fingerprint() -> str | None:
-    try:
-        running = _ready_handle()
-        if running is None:
-            return None
-        return running.stats.remote().result(timeout_s=30)["fingerprint"]
-    except Exception:  # not running, failed, or an older version without a fingerprint
-        return None
-
-
-def deploy(settings: Settings, *, max_batch_size: int = MAX_BATCH,
-           batch_wait_timeout_s: float = BATCH_WAIT_S) -> None:
-    """Run the detector application (blocking until it is up). The gateway calls this in a
-    background thread at start-up. A detector that already runs with the same code and
-    settings is left alone: a second gateway (or a restarted one) does not restart it."""
-    gpus = detector_gpus(settings)
-    options = {"max_batch_size": max_batch_size, "batch_wait_timeout_s": batch_wait_timeout_s}
-    fingerprint = _fingerprint(settings, gpus, options)
-    if _running_fingerprint() == fingerprint:
-        log.info("detector already running with these settings")
-        return
-    # Replicas ask for no CPU: Ray would otherwise hold a core per replica that the media
-    # tasks (captures, plots) need on a small machine, and on a GPU node the replica's CPU
-    # work (request handling, JPEG headers) is small. The CPU fallback path then shares the
-    # cores with everything else, which is what a CPU-only laptop wants anyway.
-    serve.start(proxy_location="Disabled")  # sessions call the handle: no HTTP proxy
-    app = Detector.options(
-        num_replicas=settings.detector_replicas,
-        # a model that cannot load (weights missing offline) fails the same way every time:
-        # one try per replica, then DEPLOY_FAILED with the reason, not a replica after another
-        max_constructor_retry_count=max(1, settings.detector_replicas),
-        max_ongoing_requests=CONCURRENT_BATCHES * max_batch_size,
-        user_config=options,
-        ray_actor_options={"num_cpus": 0, "num_gpus": gpus,
-                           "runtime_env": {"env_vars": settings.worker_env()}},
-    ).bind(settings.yolo_model, IMGSZ, None, fingerprint)
-    try:
-        serve.run(app, name=APP_NAME, route_prefix=None,  # no HTTP route: handles only
-                  logging_config={"log_level": "WARNING", "enable_access_log": False})
-    except RuntimeError as exc:  # Serve says "failed"; the deployment's status says why
-        status = serve.status().applications.get(APP_NAME)
-        raise DetectorUnavailable("the object detector failed to start: "
-                                  + (_failure(status) if status else str(exc))) from None
-    log.info("detector %s running (%s GPU per replica, %d replicas)", settings.yolo_model,
-             gpus, settings.detector_replicas)
-
-
-class Deployment:
-    """The gateway's start-up deploy: the registry runs it (one deploy per cluster, shared
-    with first-use deploys, see `ensure`); the gateway only awaits its outcome to log it once.
-
-    A cluster's gateway deploys at start (GPU replicas ready before the first user); an
-    embedded server does not: its first detection deploys (see `handle`), so a laptop that
-    never detects keeps no Serve controller, no replica and no torch in memory."""
-
-    def __init__(self, settings: Settings, registry: Any) -> None:
-        self._settings = settings
-        self._registry = registry
-        self._watch: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._watch = asyncio.get_running_loop().create_task(self._report())
-
-    async def _report(self) -> None:
-        try:
-            failed = await self._registry.ensure_detector.remote(self._settings, True)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the registry is gone: the next detection deploys
-            failed = _reason(exc)
-        if failed:  # reported once; `detect_objects` answers with the reason
-            log.error("the object detector could not start (not retried; detect_objects "
-                      "answers with the reason): %s", failed)
-
-    async def stop(self) -> None:
-        """Stop waiting (call before ray.shutdown; the deploy itself belongs to the cluster)."""
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._watch
-
-
-def _failure(app: Any) -> str:
-    """Why a failed application failed, in one line: the replica's error (in its deployment's
-    message, after Serve's preamble and traceback) rather than the application's summary."""
-    texts = [getattr(d, "message", "") or "" for d in app.deployments.values()]
-    text = " ".join(" ".join([*texts, app.message or ""]).split())
-    return _model_error(text) or (app.message or text)[:400]
-
-
-def _reason(exc: BaseException) -> str:
-    """The line of a failed deploy that says why (a replica's error, not Serve's traceback)."""
-    text = " ".join(str(cause_of(exc)).split())
-    return _model_error(text) or text[:400] or type(exc).__name__
-
-
-def _model_error(text: str) -> str:
-    """The replica's "cannot load YOLO model ..." sentence in `text`, or ''. The last one: the
-    earlier ones are the source line in a traceback."""
-    found = text.rfind("cannot load YOLO model")
-    if found < 0:
-        return ""
-    end = text.find("LLMCAM_YOLO_MODEL", found)
-    return text[found:end + len("LLMCAM_YOLO_MODEL") if end >= 0 else found + 400][:400]
 
 
 def _keep_replica_port_on_node_address() -> None:
@@ -570,90 +343,3 @@ def _keep_replica_port_on_node_address() -> None:
 
     on_node_address.llmcam_node_address = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = on_node_address
-
-
-# Calling it (from sessions) --------------------------------------------------------------------
-
-_handle: Any = None  # one handle per process: it routes for every session in it
-
-
-def _ready_handle() -> Any:
-    """The deployment's handle when the application is running, None while it starts, and
-    ABSENT when nothing deployed it yet (raises when its deployment failed)."""
-    from ray.serve.exceptions import RayServeException
-
-    try:
-        status = serve.status()
-    except RayServeException:  # Serve itself is not started yet
-        return ABSENT
-    app = status.applications.get(APP_NAME)
-    if app is None:
-        return ABSENT
-    if app.status == "DEPLOY_FAILED":
-        raise DetectorUnavailable(f"the object detector failed to start: {_failure(app)}")
-    if app.status != "RUNNING":
-        return None
-    return serve.get_deployment_handle(DEPLOYMENT, app_name=APP_NAME)
-
-
-ABSENT = object()
-
-
-async def handle(settings: Settings | None = None, timeout: float = READY_TIMEOUT_S) -> Any:
-    """The detector's handle, waiting (bounded) for a deployment that is still starting; where
-    none was deployed (an embedded server deploys on first use), asks the registry to deploy
-    it with `settings`."""
-    global _handle
-    if _handle is not None:
-        return _handle
-    deadline = time.monotonic() + timeout
-    asked = False
-    while True:
-        found = await asyncio.to_thread(_ready_handle)
-        if found is ABSENT:
-            if settings is not None and not asked:
-                asked = True
-                await ensure(settings)
-        elif found is not None:
-            _handle = found
-            return found
-        if time.monotonic() >= deadline:
-            raise DetectorUnavailable(
-                f"the object detector is not running (waited {timeout:.0f} s); check the "
-                "gateway's log")
-        await asyncio.sleep(0.5)
-
-
-async def ensure(settings: Settings) -> None:
-    """Have the cluster's registry deploy the detector (once, whoever asks first)."""
-    from actors.registry import registry_handle
-
-    registry = await asyncio.to_thread(registry_handle)
-    if registry is None:
-        raise DetectorUnavailable("the object detector is not running (no gateway started "
-                                  "this cluster's registry)")
-    failed = await registry.ensure_detector.remote(settings)
-    if failed:
-        raise DetectorUnavailable(f"the object detector failed to start: {failed}")
-
-
-async def detect(image: bytes, conf: float = 0.25,
-                 settings: Settings | None = None) -> dict[str, Any]:
-    """Detect objects in one JPEG through the deployment (batched with other sessions');
-    with `settings`, deployed on first use where nobody deployed it yet."""
-    response = (await handle(settings)).detect.remote(image, conf)
-
-    async def result() -> dict[str, Any]:
-        return await response
-
-    try:
-        return await asyncio.wait_for(result(), CALL_TIMEOUT_S)
-    except TimeoutError:
-        response.cancel()
-        raise TimeoutError(f"the object detector did not answer within {CALL_TIMEOUT_S:.0f} s")\
-            from None
-    except ray.exceptions.RayTaskError as exc:
-        cause = cause_of(exc)
-        if cause is exc:
-            raise
-        raise cause from None

@@ -15,7 +15,7 @@ same way when the count looks full.
 Being the one actor per cluster, it also counts each user's open listeners (leases that their
 gateway renews, so a gateway that dies frees its users' places within `LEASE_S`), runs the
 retention sweep (sessions unused for `LLMCAM_SESSION_TTL_SECONDS` are deleted whole) and
-supervises the notification streams (actors/stream_supervision.py: running rows have a child).
+supervises the notification streams (actors/session/supervision.py: running rows have a child).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 import ray
 
 from actors.metrics import record
-from actors.names import NAMESPACE
+from actors.session.names import NAMESPACE
 
 log = logging.getLogger(__name__)
 REGISTRY_NAME = "live-sessions"
@@ -38,9 +38,12 @@ LEASE_S = 60.0  # a listener's place is kept this long after its gateway last re
 MEMORY_PER_SESSION = 60 * 1024 * 1024  # what a live session actor costs, with headroom
 
 
-def default_cap(cluster_memory_bytes: float) -> int:
-    """LLMCAM_MAX_LIVE_SESSIONS when unset: the cluster's memory at ~60 MB a session."""
-    return max(4, int(cluster_memory_bytes // MEMORY_PER_SESSION))
+def live_cap(settings: Any) -> int:
+    """How many session actors may be live at once in the cluster: LLMCAM_MAX_LIVE_SESSIONS, or
+    the cluster's memory at ~60 MB a session (at least 4)."""
+    if settings.max_live_sessions:
+        return int(settings.max_live_sessions)
+    return max(4, int(ray.cluster_resources().get("memory", 0.0) // MEMORY_PER_SESSION))
 
 
 def _live_keys() -> set[str]:
@@ -69,7 +72,7 @@ class LiveSessions:
         self._cap = max(1, int(cap))
         if settings is not None:
             from actors.retention import sweep_forever
-            from actors.stream_supervision import supervise_forever
+            from actors.session.supervision import supervise_forever
 
             for running in self._sweepers.pop(settings.db_url, ()):
                 running.cancel()
@@ -186,7 +189,7 @@ class LiveSessions:
             await running
             return None
         except Exception as exc:
-            from actors.detector import _reason  # (Serve is imported here only on a failure)
+            from actors.detector.client import _reason  # (Serve is imported here only on a failure)
 
             if self._detector is running:
                 self._detector = None
@@ -198,7 +201,7 @@ class LiveSessions:
         try:
             await running
         except Exception as exc:
-            from actors.detector import _reason
+            from actors.detector.client import _reason
 
             log.error("the object detector could not start (detect_objects answers with the "
                       "reason): %s", _reason(exc))
@@ -234,7 +237,7 @@ async def _ended(ref: Any) -> bool:
 def _deploy_detector(settings: Any) -> None:
     """The detector's deploy, as the registry's Ray task: no thread of a gateway or a session
     waits in Serve, and the registry itself never imports it."""
-    from actors.detector import deploy
+    from actors.detector.client import deploy
 
     deploy(settings)
 

@@ -18,6 +18,9 @@ restarted by Ray after its own death or its node's (it then resumes every runnin
 for no CPU while it waits. `sync` is its one entry: it reads the session's rows and starts or
 stops tasks to match them; with nothing left running the child ends itself. Whoever changes a
 row (the session's actor, the registry's supervision after a cluster restart) calls `sync`.
+
+Over 300 lines on purpose: the child, its epoch fence and the stream-bound tools share
+one stream's state; apart, each would reach into the others.
 """
 
 from __future__ import annotations
@@ -31,18 +34,18 @@ from typing import Any
 
 import ray
 
-from actors.chat import run_turn
 from actors.context import ToolContext, Web
 from actors.errors import LLMFailed
-from actors.events import publish
 from actors.llm import LLM
-from actors.names import NAMESPACE
 from actors.net.guard import UrlGuard
-from actors.session_files import SessionFiles
+from actors.session.events import publish
+from actors.session.files import SessionFiles
+from actors.session.names import NAMESPACE
 from actors.settings import Settings
 from actors.store import Fenced, is_shared, open_store
 from actors.store.journal import SessionJournal
 from actors.tools import builtin_tools
+from actors.turn_loop import run_turn
 
 PREFIX = "notify:"
 SESSION_PREFIX = "session:"

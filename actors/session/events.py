@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from actors.errors import TooManyListeners
 from actors.store.journal import SessionJournal
 
 MAX_MESSAGE = 10_000  # characters of one notification
@@ -24,10 +25,6 @@ async def publish(journal: SessionJournal, noti_id: str, message: str,
     message = str(message)[:MAX_MESSAGE]
     seq, at = await journal.add_event(noti_id, message, keep)
     return {"id": seq, "noti_id": noti_id, "message": message, "at": at}
-
-
-class TooManyListeners(RuntimeError):
-    """The session has as many open /events streams as it may."""
 
 
 class _Listener:
