@@ -130,9 +130,9 @@ def main() -> None:
     load_before = load_average()
     started = datetime.now(UTC)
     with scratch("llmcam-idle-") as tmp, OpenAIServer() as llm:
-        env = server_env(LLMCAM_DATA_DIR=str(tmp / "data"), OPENAI_BASE_URL=llm.base_url,
+        env = server_env(LLMCAM_DATA=str(tmp / "data"), OPENAI_BASE_URL=llm.base_url,
                          OPENAI_API_KEY="sk-idle-benchmark",
-                         LLMCAM_IDLE_SECONDS=str(args.idle_seconds), LLMCAM_RAY_ADDRESS=None)
+                         LLMCAM_IDLE_SECONDS=str(args.idle_seconds))
         server = Server("gateway", LLMCAM_SERVE, env, tmp / "gateway.log")
         ready_s = server.launch(180)
         t0 = time.monotonic()
