@@ -1,7 +1,9 @@
-"""Shared pieces of the benchmarks: free ports, servers in subprocesses (their process trees
-watched with psutil, stopped with nothing left behind), CPU and memory meters, a py-spy
-profiler, percentiles and the results writer (each script owns a section of RESULTS.md
-between its markers)."""
+"""The one harness of the benchmarks: free ports, the environment and command lines of the
+servers they start, servers in subprocesses (their process trees watched with psutil, started
+again once when a loaded machine fails their start, stopped with nothing left behind), what each
+process of a tree is, CPU and memory meters, a py-spy profiler, the OpenAI stand-in for long
+runs, an SSE reader, errors with examples, percentiles, scratch dirs, SIGTERM, and the results
+writer (each script owns a section of RESULTS.md between its markers)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,15 @@ import math
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,15 +29,37 @@ from typing import Any
 import httpx
 import psutil
 
+from testing.standins import OpenAIServer
+
 ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 MB = 1_000_000
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# `llmcam serve` from this checkout (with `server_env`'s PYTHONPATH), and the one-process baseline
+LLMCAM_SERVE = [sys.executable, "-m", "gateway.cli", "serve"]
+BASELINE_APP = [sys.executable, "-m", "benchmarks.baseline_app"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def server_env(**values: str | None) -> dict[str, str]:
+    """The environment of a server a benchmark starts: this process's, with this checkout on
+    PYTHONPATH (the server and its Ray workers import this tree), no Ray or store to join from
+    the shell (each run makes its own unless `values` name one), then `values` (None removes a
+    variable)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for name in ("RAY_ADDRESS", "LLMCAM_DB"):
+        env.pop(name, None)
+    for name, value in values.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return env
 
 
 def _parent_death_signal() -> Any:
@@ -61,6 +88,7 @@ class Server:
         self.shutdown_s: float | None = None
         self.killed_after_shutdown: list[str] = []
         self.starts = 0
+        self.start_note = ""  # why it was started a second time, if it was
 
     @property
     def url(self) -> str:
@@ -73,6 +101,22 @@ class Server:
                                          stderr=subprocess.STDOUT,
                                          preexec_fn=_parent_death_signal())
         return self
+
+    def launch(self, timeout: float) -> float:
+        """start() and wait_ready(): seconds until ready. A loaded machine can fail Ray's own
+        start-up once: then what is left is stopped and the server started once more (the
+        reason kept in `start_note`)."""
+        for attempt in (1, 2):
+            self.start()
+            try:
+                return self.wait_ready(timeout)
+            except RuntimeError as exc:
+                self.stop()
+                if attempt == 2:
+                    raise
+                self.start_note = f"first start failed, started again: {str(exc)[-300:]}"
+                print(f"{self.label}: {self.start_note}", flush=True)
+        raise AssertionError("unreachable")
 
     def log_tail(self, chars: int = 4000) -> str:
         try:
@@ -111,22 +155,20 @@ class Server:
         """What a process of the tree is, for the CPU breakdown: the server itself, Ray's own
         processes, or a Ray worker by the actor class in its title (`ray::SessionActor.chat`
         -> SessionActor)."""
-        try:
-            if self.proc is not None and p.pid == self.proc.pid:
-                return "gateway/app process"
-            name, cmd = p.name(), p.cmdline()
-        except psutil.Error:
-            return "gone"
-        if name in ("gcs_server", "raylet"):
+        kind = proc_kind(p, self.proc.pid if self.proc else None)
+        if kind in ("root", "gone"):
+            return "gateway/app process" if kind == "root" else kind
+        if kind in ("gcs_server", "raylet"):
             return "Ray gcs_server+raylet"
-        if cmd and cmd[0].startswith("ray::"):
-            title = cmd[0][5:].split(".")[0].split(":")[-1]
-            if title in ("IDLE", "") or title.startswith(("Dashboard", "Runtime")):
-                return "Ray other (dashboard, agents, idle workers)"
+        title = kind.removeprefix("ray::")
+        if kind.startswith("ray::") and title not in ("IDLE", "") \
+                and not title.startswith(("Dashboard", "Runtime")):
             return f"actor {title}"
-        if any("default_worker.py" in a for a in cmd):
-            return "Ray other (dashboard, agents, idle workers)"
         return "Ray other (dashboard, agents, idle workers)"
+
+    def actors(self, cls: str) -> list[psutil.Process]:
+        """The processes of the tree that run an actor of class `cls` (by their titles)."""
+        return [p for p in self.tree() if self.category(p) == f"actor {cls}"]
 
     def settle(self, limit: float, idle_cores: float = 0.25) -> float:
         """Wait until the tree uses under `idle_cores` for a second (startup work done)."""
@@ -164,6 +206,48 @@ class Server:
                 self.killed_after_shutdown.append(f"{p.name()} (pid {p.pid})")
                 p.kill()  # psutil checks the create time: never a recycled pid
 
+    def stopped(self) -> str:
+        """How its stop went, for a report: `3.1 s after SIGTERM; had to kill: …`."""
+        note = f"{self.shutdown_s:.1f} s after SIGTERM" if self.shutdown_s is not None else ""
+        if self.killed_after_shutdown:
+            note += "; had to kill: " + ", ".join(self.killed_after_shutdown[:8])
+        return note
+
+
+def proc_kind(p: psutil.Process, root_pid: int | None) -> str:
+    """What a process is: "root" (the server itself), "gcs_server", "raylet", "postgres",
+    "ray::<title>" for a Ray worker (the actor class it runs: `ray::SessionActor.chat` and
+    `ray::<name>:LLMClient…` give `ray::SessionActor` and `ray::LLMClient`, an idle one
+    `ray::IDLE`; a worker with no title `ray::`), "other", or "gone". Each script names the
+    kinds for its own tables."""
+    try:
+        if p.pid == root_pid:
+            return "root"
+        name, cmd = p.name(), p.cmdline()
+    except psutil.Error:
+        return "gone"
+    if name in ("gcs_server", "raylet"):
+        return name
+    if name.startswith("postgres") or (cmd and "postgres" in cmd[0]):
+        return "postgres"
+    if cmd and cmd[0].startswith("ray::"):
+        return "ray::" + cmd[0][5:].split(".")[0].split(":")[-1].strip()
+    if any("default_worker.py" in a for a in cmd):
+        return "ray::"
+    return "other"
+
+
+def postgres_processes(pg: Any) -> list[psutil.Process]:
+    """The processes of a `testing.postgres.PostgresServer` (its postmaster and every child);
+    none for None."""
+    if pg is None:
+        return []
+    with contextlib.suppress(OSError, ValueError, psutil.Error):
+        pid = int((pg.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    return []
+
 
 def log_problems(log: Path) -> list[str]:
     """Warning, error and traceback lines of a server's log."""
@@ -193,24 +277,36 @@ def cpu_by_process(procs: list[psutil.Process]) -> dict[tuple[int, float], float
     return out
 
 
+OTHERS = "other processes on the machine"
+
+
 @dataclass
 class CpuMeter:
-    """Where the CPU went during a phase: the server's tree by kind, this process (load client
-    and OpenAI stand-in), and everything else on the machine."""
+    """Where the CPU went during a phase: the server's tree by kind (`kind`, by default the
+    server's `category`; `extra` adds processes outside the tree, as PostgreSQL's), this process
+    (load client and OpenAI stand-in: `this_process`), and everything else on the machine."""
 
     server: Server
+    kind: Callable[[psutil.Process], str] | None = None
+    extra: Callable[[], list[psutil.Process]] | None = None
+    this_process: str = "benchmark process (client + stand-in)"
     wall: float = 0.0
-    by_kind: dict[str, float] = field(default_factory=dict)
+    own_by_kind: dict[str, float] = field(default_factory=dict)  # the server's (and extra's)
+    by_kind: dict[str, float] = field(default_factory=dict)  # with this process and others
     busy_cores: float = 0.0
     _t0: float = 0.0
     _sys0: Any = None
     _procs0: dict[tuple[int, float], float] = field(default_factory=dict)
     _self0: float = 0.0
 
+    def _procs(self) -> list[psutil.Process]:
+        procs = self.server.tree() + (self.extra() if self.extra else [])
+        return list({p.pid: p for p in procs}.values())
+
     def __enter__(self) -> CpuMeter:
         self._t0 = time.monotonic()
         self._sys0 = psutil.cpu_times()
-        self._procs0 = cpu_by_process(self.server.tree())
+        self._procs0 = cpu_by_process(self._procs())
         self._self0 = _self_cpu()
         return self
 
@@ -222,27 +318,28 @@ class CpuMeter:
         cores = psutil.cpu_count() or 1
         busy = (total - idle) / total * cores * self.wall if total > 0 else 0.0
         self.busy_cores = busy / self.wall if self.wall else 0.0
-        procs = self.server.tree()
+        procs = self._procs()
         after = cpu_by_process(procs)
-        kinds = {(p.pid, _ctime(p)): self.server.category(p) for p in procs}
+        kind = self.kind or self.server.category
+        kinds = {(p.pid, _ctime(p)): kind(p) for p in procs}
         by_kind: Counter[str] = Counter()
         for key, secs in after.items():
             by_kind[kinds.get(key, "gone")] += secs - self._procs0.get(key, 0.0)
-        by_kind["benchmark process (client + stand-in)"] = _self_cpu() - self._self0
-        by_kind["other processes on the machine"] = max(0.0, busy - sum(by_kind.values()))
+        self.own_by_kind = dict(by_kind)
+        by_kind[self.this_process] = _self_cpu() - self._self0
+        by_kind[OTHERS] = max(0.0, busy - sum(by_kind.values()))
         self.by_kind = dict(by_kind)
 
     @property
     def others_share(self) -> float:
         """Share of the machine's CPU capacity that other processes took."""
         cores = psutil.cpu_count() or 1
-        other = self.by_kind.get("other processes on the machine", 0.0)
-        return other / (cores * self.wall) if self.wall else 0.0
+        return self.by_kind.get(OTHERS, 0.0) / (cores * self.wall) if self.wall else 0.0
 
     @property
     def own(self) -> float:
         """CPU seconds of the server's own processes (not the load client's, not others')."""
-        return sum(v for k, v in self.by_kind.items() if not k.startswith(("benchmark", "other")))
+        return sum(self.own_by_kind.values())
 
     def summary(self) -> str:
         cores = psutil.cpu_count() or 1
@@ -265,12 +362,18 @@ def _self_cpu() -> float:
 
 
 def tree_uss(procs: list[psutil.Process]) -> tuple[float, int]:
-    total, n = 0, 0
+    """USS summed over the processes (MB) and how many there were."""
+    values = uss_mb(procs)
+    return sum(values), len(values)
+
+
+def uss_mb(procs: list[psutil.Process]) -> list[float]:
+    """Each process's USS (`memory_full_info().uss`, MB), those that are gone left out."""
+    out = []
     for p in procs:
         with contextlib.suppress(psutil.Error):
-            total += p.memory_full_info().uss
-            n += 1
-    return total / MB, n
+            out.append(p.memory_full_info().uss / MB)
+    return out
 
 
 
@@ -291,13 +394,16 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 
-def machine() -> str:
-    model = platform.processor() or "unknown CPU"
+def cpu_model(default: str = "unknown CPU") -> str:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return default
+
+
+def machine() -> str:
+    model = cpu_model(platform.processor() or "unknown CPU")
     ram = psutil.virtual_memory().total / 2**30
     return (f"{psutil.cpu_count()} cores ({model}), {ram:.1f} GiB RAM, "
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}")
@@ -319,9 +425,9 @@ def write_results(path: Path, marker: str, section: str) -> None:
     path.write_text(text)
 
 
-def publish(lines: list[str], path: Path, marker: str, write: bool = True) -> None:
+def publish(lines: list[str] | str, path: Path, marker: str, write: bool = True) -> None:
     """Print a result section, and put it into RESULTS.md between its markers."""
-    text = "\n".join(lines) + "\n"
+    text = lines if isinstance(lines, str) else "\n".join(lines) + "\n"
     print(text)
     if write:
         write_results(path, marker, text)
@@ -329,6 +435,86 @@ def publish(lines: list[str], path: Path, marker: str, write: bool = True) -> No
 
 def load_average() -> str:
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --- a run's plumbing
+
+
+@contextlib.contextmanager
+def scratch(prefix: str, keep: bool = False) -> Iterator[Path]:
+    """A temp dir for a run's logs and data, removed on the way out unless `keep`."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, so that the cleanup on the way out runs (servers stopped,
+    temp dirs removed)."""
+
+    def on_term(signum: int, _: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
+@dataclass
+class Errors:
+    """Errors by kind (`where: what` up to the first colon), with the first few as examples."""
+
+    keep: int = 6
+    width: int = 400
+    counts: Counter[str] = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, where: str, what: str) -> None:
+        self.counts[f"{where}: {what.split(':')[0][:80]}"] += 1
+        if len(self.examples) < self.keep:
+            self.examples.append(f"{where}: {what}"[:self.width])
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class LongRunLLM(OpenAIServer):
+    """The OpenAI stand-in for long runs: counts the model calls (`calls`) and keeps at most
+    `keep` request bodies (memory stays flat); a subclass answers in `reply`."""
+
+    def __init__(self, keep: int) -> None:
+        super().__init__(chunk_size=16)
+        self.keep, self.calls = keep, 0
+
+    def _next_reply(self, messages: list[dict[str, Any]]) -> Any:
+        with self._lock:
+            self.calls += 1
+            if len(self._requests) > self.keep:
+                self._requests.clear()
+        return self.reply(messages)
+
+    def reply(self, messages: list[dict[str, Any]]) -> Any:
+        return super()._next_reply(messages)
+
+
+async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, str]]:
+    """The events of an SSE stream's lines, each as its fields (`id`, `event`, `data`);
+    comment lines (pings) left out."""
+    fields: dict[str, str] = {}
+    async for line in lines:
+        if line == "":
+            if fields:
+                yield fields
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
 
 
 # --- profiling

@@ -9,7 +9,7 @@ from the original, all in the baseline's favour or neutral: the routes are shape
 (the original ran the blocking client in a thread), the loop is bounded at 10 rounds, and
 nothing is persisted.
 
-    python benchmarks/baseline_app.py --port 8001
+    python -m benchmarks.baseline_app --port 8001
 
 Reads OPENAI_BASE_URL / OPENAI_API_KEY as the OpenAI client does, and LLMCAM_MODEL.
 """

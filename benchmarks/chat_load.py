@@ -20,48 +20,45 @@ removed on the way out, also on error or SIGTERM.
 
 from __future__ import annotations
 
-import os
-import sys
-
-os.environ["YOLO_OFFLINE"] = "1"
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray at import time
-
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-
 import argparse
 import asyncio
 import contextlib
 import glob
 import importlib.metadata
 import json
-import shutil
-import signal
+import os
 import statistics
-import tempfile
+import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import psutil
 
 from benchmarks._harness import (
-    MB,
+    BASELINE_APP,
+    LLMCAM_SERVE,
+    RESULTS,
+    ROOT,
     UNBOUNDED_ENV,
     CpuMeter,
+    Errors,
     Profile,
     Profiler,
     Server,
+    exit_on_sigterm,
     fmt,
     load_average,
     log_problems,
     machine,
     pct,
     ratio,
+    scratch,
+    server_env,
     tree_uss,
+    uss_mb,
     write_results,
 )
 from testing.standins import OpenAIServer
@@ -111,17 +108,6 @@ class Shape:
         return m.own / len(self.turn_s) * 1000 if m and self.turn_s else None
 
 
-@dataclass
-class Errors:
-    counts: Counter[str] = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, where: str, what: str) -> None:
-        self.counts[f"{where}: {what.split(':')[0]}"] += 1
-        if len(self.examples) < 6:
-            self.examples.append(f"{where}: {what}"[:400])
-
-
 async def _turn(client: httpx.AsyncClient, sid: str, content: str, errors: Errors,
                 where: str) -> bool:
     try:
@@ -140,11 +126,10 @@ async def _turn(client: httpx.AsyncClient, sid: str, content: str, errors: Error
 
 
 def busiest(server: Server, kind: str, window: float = 1.0) -> int | None:
-    """The pid of the process of `kind` (a CPU category) that used the most CPU just now,
+    """The pid of the actor process of class `kind` that used the most CPU just now,
     among those up for at least 10 s (not a spare actor that is still starting)."""
     now = time.time()
-    procs = [p for p in server.tree() if server.category(p) == kind
-             and now - _created(p) >= 10]
+    procs = [p for p in server.actors(kind) if now - _created(p) >= 10]
     before = {p.pid: _cpu(p) for p in procs}
     time.sleep(window)
     grown = {p.pid: _cpu(p) - before[p.pid] for p in procs}
@@ -229,8 +214,7 @@ async def run_shape(server: Server, shape: Shape, errors: Errors, phase_limit: f
                 len(pending)
         shape.turns_wall_s = time.perf_counter() - t1
         meter.__exit__()
-        shape.actor_procs = sum(1 for p in server.tree()
-                                if server.category(p) == "actor SessionActor")
+        shape.actor_procs = len(server.actors("SessionActor"))
         shape.turns_cpu = meter
         if profiler is not None:
             shape.profiles = await asyncio.to_thread(profiler.finish)
@@ -240,7 +224,7 @@ def _start_profiler(server: Server, out: Path) -> Profiler:
     assert server.proc is not None
     targets = {"gateway": server.proc.pid}
     for kind in ("SessionActor", "LLMClient"):
-        pid = busiest(server, f"actor {kind}", 1.0)
+        pid = busiest(server, kind, 1.0)
         if pid is not None:
             targets[f"a {kind}"] = pid
     return Profiler(targets, PROFILE_S, out).start()
@@ -276,15 +260,7 @@ def measure(server: Server, llm: OpenAIServer, args: argparse.Namespace, ours: b
             tmp: Path) -> Result:
     result = Result(server.label)
     try:
-        server.start()
-        try:
-            result.ready_s = server.wait_ready(args.startup_timeout)
-        except RuntimeError as exc:  # e.g. Ray's node timing out on a machine that is too busy
-            if server.proc is None or server.proc.poll() is None:
-                raise
-            result.startup_note = f"first start failed, started again: {str(exc)[-300:]}"
-            server.start()
-            result.ready_s = server.wait_ready(args.startup_timeout)
+        result.ready_s = server.launch(args.startup_timeout)
         server.settle(60)
         result.idle_uss_mb = tree_uss(server.tree())
         calls0 = len(llm.requests)
@@ -304,25 +280,21 @@ def measure(server: Server, llm: OpenAIServer, args: argparse.Namespace, ours: b
         with CpuMeter(server) as idle:
             time.sleep(IDLE_WINDOW_S)
         result.idle = idle
-        result.idle_actor_procs = sum(1 for p in server.tree()
-                                      if server.category(p) == "actor SessionActor")
+        result.idle_actor_procs = len(server.actors("SessionActor"))
         result.end_uss_mb = tree_uss(server.tree())
         if ours:
             sids = [sid for s in result.shapes for sid in s.sids]
             result.actor_uss_mb = session_actor_uss(server, sids)
-            result.llm_client_uss_mb = [
-                p.memory_full_info().uss / MB for p in server.tree()
-                if server.category(p) == "actor LLMClient"]
+            result.llm_client_uss_mb = uss_mb(server.actors("LLMClient"))
     except Exception as exc:
         result.errors.add("run", f"{type(exc).__name__}: {exc}")
     finally:
         if result.errors.counts:
             result.log_tail = server.log_tail()
         server.stop()
+        result.startup_note = server.start_note
         result.log_problems = log_problems(server.log)
-        result.shutdown = f"{server.shutdown_s:.1f} s after SIGTERM" if server.shutdown_s else ""
-        if server.killed_after_shutdown:
-            result.shutdown += "; had to kill: " + ", ".join(server.killed_after_shutdown[:8])
+        result.shutdown = server.stopped()
         llm.reset()
     return result
 
@@ -350,7 +322,7 @@ def session_actor_uss(server: Server, sids: list[str]) -> list[float]:
         for sid in sids[::step][:MEMORY_SAMPLES]:
             actor = ray.get_actor("session:" + session_key(sid), namespace=NAMESPACE)
             pid = ray.get(actor.start.remote(), timeout=60)["pid"]
-            values.append(psutil.Process(pid).memory_full_info().uss / MB)
+            values += uss_mb([psutil.Process(pid)])
     finally:
         ray.shutdown()
     return values
@@ -460,7 +432,7 @@ def report(args: argparse.Namespace, ours: Result, base: Result | None, started:
     def errs(r: Result | None) -> str:
         if r is None:
             return "skipped"
-        return str(sum(r.errors.counts.values()))
+        return str(r.errors.total())
 
     def turns(r: Result) -> int:
         return sum(len(s.first_reply_s) + len(s.turn_s) for s in r.shapes)
@@ -580,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--llmcam-root", type=Path, default=None,
                         help="run the gateway from another checkout (e.g. the tree before a "
                         "change), with this venv")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--phase-timeout", type=float, default=600,
                         help="seconds each of the burst and the turns may take at most")
     parser.add_argument("--startup-timeout", type=float, default=180)
@@ -593,56 +565,40 @@ def main(argv: list[str] | None = None) -> int:
     args.shape_list = parse_shapes(args.shapes, {1: args.turns_1, 10: args.turns_10,
                                                  0: args.turns})
 
-    def on_term(signum: int, _: object) -> None:
-        raise SystemExit(128 + signum)  # runs the cleanup below
-
-    signal.signal(signal.SIGTERM, on_term)
+    exit_on_sigterm()
     started, t_start = datetime.now(UTC), time.monotonic()
     load_before = load_average()
-    tmp = Path(tempfile.mkdtemp(prefix="chat_load-"))
-    try:
-        with OpenAIServer() as llm:
-            common = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "x",
-                      "LLMCAM_MODEL": "m", "PYTHONPATH": str(ROOT)}
-            base = None
-            if not args.skip_baseline:
-                print("baseline: starting", flush=True)
-                base = measure(Server("baseline", [sys.executable,
-                                                   str(ROOT / "benchmarks" / "baseline_app.py")],
-                                      common, tmp / "baseline.log"), llm, args, False, tmp)
-                print(f"baseline: done, {sum(base.errors.counts.values())} errors", flush=True)
-            (tmp / "data").mkdir()
-            (tmp / "rt").mkdir()
-            gw_env = {**common, "LLMCAM_DATA": str(tmp / "data"),
-                      "RAY_TMPDIR": str(tmp / "rt"),  # its Ray's files go with the temp dir
-                      "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "LLMCAM_DETECTOR_GPUS": "0",
-                      **UNBOUNDED_ENV}
-            gw_env.pop("RAY_ADDRESS", None)
-            gw_env.update(item.split("=", 1) for item in args.gateway_env)
-            argv_gw = [str(ROOT / ".venv" / "bin" / "llmcam"), "serve"]
-            if args.llmcam_root:
-                gw_env["PYTHONPATH"] = str(args.llmcam_root.resolve())
-                argv_gw = [sys.executable, "-m", "gateway.cli", "serve"]
-            print("llmcam: starting `llmcam serve`", flush=True)
-            ours = measure(Server("llmcam serve", argv_gw, gw_env, tmp / "gateway.log",
-                                  cwd=args.llmcam_root or ROOT), llm, args, True, tmp)
-            print(f"llmcam: done, {sum(ours.errors.counts.values())} errors", flush=True)
-        section = report(args, ours, base, started, time.monotonic() - t_start, load_before)
-        print(section)
-        for r in (ours, base):
-            if r and r.log_tail:
-                print(f"--- {r.label} log tail ---\n{r.log_tail}", file=sys.stderr)
-        if not any(s.first_reply_s for s in ours.shapes):
-            print(f"llmcam answered nothing: {args.out} left as it was", file=sys.stderr)
-            return 1
-        write_results(args.out, args.marker, section)
-        print(f"written to {args.out}")
-        return 1 if ours.errors.counts or (base and base.errors.counts) else 0
-    finally:
-        if args.keep_temp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with scratch("chat_load-", keep=args.keep_temp) as tmp, OpenAIServer() as llm:
+        common = {"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "x", "LLMCAM_MODEL": "m"}
+        base = None
+        if not args.skip_baseline:
+            print("baseline: starting", flush=True)
+            base = measure(Server("baseline", BASELINE_APP, server_env(**common),
+                                  tmp / "baseline.log"), llm, args, False, tmp)
+            print(f"baseline: done, {base.errors.total()} errors", flush=True)
+        (tmp / "data").mkdir()
+        (tmp / "rt").mkdir()
+        gw_env = server_env(**common, **UNBOUNDED_ENV, LLMCAM_DATA=str(tmp / "data"),
+                            RAY_TMPDIR=str(tmp / "rt"),  # its Ray's files go with the temp dir
+                            LLMCAM_YOLO_MODEL="yolov8n.yaml", LLMCAM_DETECTOR_GPUS="0")
+        gw_env.update(item.split("=", 1) for item in args.gateway_env)
+        if args.llmcam_root:
+            gw_env["PYTHONPATH"] = str(args.llmcam_root.resolve())
+        print("llmcam: starting `llmcam serve`", flush=True)
+        ours = measure(Server("llmcam serve", LLMCAM_SERVE, gw_env, tmp / "gateway.log",
+                              cwd=args.llmcam_root or ROOT), llm, args, True, tmp)
+        print(f"llmcam: done, {ours.errors.total()} errors", flush=True)
+    section = report(args, ours, base, started, time.monotonic() - t_start, load_before)
+    print(section)
+    for r in (ours, base):
+        if r and r.log_tail:
+            print(f"--- {r.label} log tail ---\n{r.log_tail}", file=sys.stderr)
+    if not any(s.first_reply_s for s in ours.shapes):
+        print(f"llmcam answered nothing: {args.out} left as it was", file=sys.stderr)
+        return 1
+    write_results(args.out, args.marker, section)
+    print(f"written to {args.out}")
+    return 1 if ours.errors or (base and base.errors) else 0
 
 
 if __name__ == "__main__":

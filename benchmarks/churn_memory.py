@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import os
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +24,17 @@ from pathlib import Path
 import httpx
 import psutil
 
-from benchmarks._harness import MB, ROOT, Server, load_average, machine, publish
+from benchmarks._harness import (
+    LLMCAM_SERVE,
+    MB,
+    RESULTS,
+    Server,
+    load_average,
+    machine,
+    publish,
+    scratch,
+    server_env,
+)
 from testing.standins import OpenAIServer
 
 
@@ -48,26 +56,21 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=40, help="sessions the turns cycle over")
     ap.add_argument("--concurrency", type=int, default=3)
     ap.add_argument("--every", type=int, default=100, help="memory sample every N activations")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
     load_before, started = load_average(), datetime.now(UTC)
     rows: list[tuple[int, float, float, float, float]] = []
     errors: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="llmcam-churn-") as tmp, OpenAIServer() as llm:
-        env = {**os.environ, "YOLO_OFFLINE": "1", "LLMCAM_DATA": str(Path(tmp) / "data"),
-               "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-churn",
-               "LLMCAM_IDLE_SECONDS": "1", "LLMCAM_SPARE_SESSIONS": "0",
-               "LLMCAM_RATE_TURNS": "100000", "LLMCAM_RATE_SESSIONS": "100000",
-               "LLMCAM_USER_LIVE_SESSIONS": "1000",
-               "RAY_maximum_gcs_destroyed_actor_cached_count": str(args.cap)}
-        for k in ("RAY_ADDRESS", "LLMCAM_DB"):
-            env.pop(k, None)
-        server = Server("gateway", [str(ROOT / ".venv" / "bin" / "llmcam"), "serve"], env,
-                        Path(tmp) / "gateway.log")
-        server.start()
-        server.wait_ready(180)
+    with scratch("llmcam-churn-") as tmp, OpenAIServer() as llm:
+        env = server_env(LLMCAM_DATA=str(tmp / "data"), OPENAI_BASE_URL=llm.base_url,
+                         OPENAI_API_KEY="sk-churn", LLMCAM_IDLE_SECONDS="1",
+                         LLMCAM_SPARE_SESSIONS="0", LLMCAM_RATE_TURNS="100000",
+                         LLMCAM_RATE_SESSIONS="100000", LLMCAM_USER_LIVE_SESSIONS="1000",
+                         RAY_maximum_gcs_destroyed_actor_cached_count=str(args.cap))
+        server = Server("gateway", LLMCAM_SERVE, env, tmp / "gateway.log")
+        server.launch(180)
         server.settle(60)
         t0 = time.monotonic()
         with httpx.Client(base_url=server.url, timeout=120) as c:

@@ -19,18 +19,10 @@ benchmarks/RESULTS.md between `<!-- detect_throughput -->` markers.
 
 from __future__ import annotations
 
-import os
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-from actors.settings import worker_env  # noqa: E402 (pydantic only: before Ray is imported)
-
-WORKER_ENV = {**worker_env(), "PYTHONPATH": ROOT}
-os.environ.update(WORKER_ENV)
-
 import argparse
 import asyncio
+import os
 import platform
-import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -46,11 +38,13 @@ from actors.context import ToolContext, Web
 from actors.detector import client as detector
 from actors.net.guard import UrlGuard
 from actors.session.files import PREFIX, file_name, safe_stem
-from actors.settings import Settings
+from actors.settings import Settings, worker_env
 from actors.tools import vision
+from benchmarks._harness import RESULTS, ROOT, cpu_model, publish
 
+# what this process's Ray workers get (the raylets started here hand PYTHONPATH on too)
+WORKER_ENV = {**worker_env(), "PYTHONPATH": str(ROOT)}
 MARK = "detect_throughput"
-RESULTS = Path(ROOT) / "benchmarks" / "RESULTS.md"
 
 
 # frames -----------------------------------------------------------------------------------------
@@ -225,16 +219,11 @@ def original_pattern(model_name: str, frames: list[bytes], images: int, device: 
 def machine() -> dict[str, str]:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info
-                       if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return {"cpus": str(os.cpu_count()), "cpu": cpu, "gpu": gpu, "torch": torch.__version__,
-            "ray": ray.__version__, "python": platform.python_version()}
+    return {"cpus": str(os.cpu_count()), "cpu": cpu_model(platform.processor()
+                                                         or platform.machine()),
+            "gpu": gpu, "torch": torch.__version__, "ray": ray.__version__,
+            "python": platform.python_version()}
 
 
 def table(rows: list[tuple[str, str, Run]]) -> str:
@@ -244,15 +233,6 @@ def table(rows: list[tuple[str, str, Run]]) -> str:
         lines.append(f"| {name} | {concurrency} | {run.images} | {run.rate:.1f} | "
                      f"{run.pct(50):.0f} | {run.pct(99):.0f} |")
     return "\n".join(lines)
-
-
-def write_section(text: str) -> None:
-    section = f"<!-- {MARK} -->\n{text.strip()}\n<!-- /{MARK} -->"
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"<!-- {MARK} -->.*?<!-- /{MARK} -->", re.DOTALL)
-    new = pattern.sub(lambda _: section, old) if pattern.search(old) \
-        else old.rstrip() + "\n\n" + section + "\n"
-    RESULTS.write_text(new)
 
 
 def main() -> None:
@@ -283,6 +263,7 @@ def main() -> None:
     args = parser.parse_args()
 
     load_before = os.getloadavg()
+    os.environ.update(WORKER_ENV)
     model, note = resolve_model(args.model)
     frames = make_frames(16)
     ray.init(address=args.address or "local", namespace="llmcam", include_dashboard=False,
@@ -358,9 +339,8 @@ Batches the replica formed in the timed part (size: count): {sizes}; mean
 
 What limits the figure: {'; '.join(limits)}.
 """
-    print(text)
+    publish(text.strip() + "\n", RESULTS, MARK, write=not args.no_write)
     if not args.no_write:
-        write_section(text)
         print(f"(written to {RESULTS})")
 
 

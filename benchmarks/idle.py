@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import tempfile
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -28,13 +26,16 @@ import httpx
 import psutil
 
 from benchmarks._harness import (
+    LLMCAM_SERVE,
     MB,
-    ROOT,
+    RESULTS,
     Server,
     cpu_by_process,
     load_average,
     machine,
     publish,
+    scratch,
+    server_env,
 )
 from testing.standins import OpenAIServer
 
@@ -122,22 +123,18 @@ def main() -> None:
                     help="how long it is watched again after one user left")
     ap.add_argument("--idle-seconds", type=int, default=20, help="LLMCAM_IDLE_SECONDS")
     ap.add_argument("--gap", type=float, default=2.0, help="seconds per sample")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
     load_before = load_average()
     started = datetime.now(UTC)
-    with tempfile.TemporaryDirectory(prefix="llmcam-idle-") as tmp, OpenAIServer() as llm:
-        env = {**os.environ, "YOLO_OFFLINE": "1", "LLMCAM_DATA_DIR": str(Path(tmp) / "data"),
-               "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "sk-idle-benchmark",
-               "LLMCAM_IDLE_SECONDS": str(args.idle_seconds)}
-        for k in ("RAY_ADDRESS", "LLMCAM_RAY_ADDRESS", "LLMCAM_DB"):
-            env.pop(k, None)
-        server = Server("gateway", [str(ROOT / ".venv" / "bin" / "llmcam"), "serve"], env,
-                        Path(tmp) / "gateway.log")
-        server.start()
-        ready_s = server.wait_ready(180)
+    with scratch("llmcam-idle-") as tmp, OpenAIServer() as llm:
+        env = server_env(LLMCAM_DATA=str(tmp / "data"), OPENAI_BASE_URL=llm.base_url,
+                         OPENAI_API_KEY="sk-idle-benchmark",
+                         LLMCAM_IDLE_SECONDS=str(args.idle_seconds))
+        server = Server("gateway", LLMCAM_SERVE, env, tmp / "gateway.log")
+        ready_s = server.launch(180)
         t0 = time.monotonic()
         fresh = watch(server, args.minutes * 60, args.gap)
         with httpx.Client(base_url=server.url, timeout=60) as c:

@@ -29,7 +29,7 @@ from starlette.requests import Request
 
 from actors.settings import Settings
 from actors.store import Store, open_store
-from benchmarks._harness import ROOT, load_average, machine, write_results
+from benchmarks._harness import RESULTS, load_average, machine, publish
 from gateway.identity import USER_COOKIE, Identity
 from gateway.quota import Quota
 
@@ -89,7 +89,7 @@ def measure(store: Store, n: int) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="calls per figure")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started, load = datetime.now(UTC), load_average()
     results: dict[str, dict[str, float]] = {}
@@ -130,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "after the model answered, not on the way to the first token; each extra model call "
         "of a turn adds one more.",
     ])
-    print(section)
-    write_results(args.out, MARKER, section)
+    publish(section, args.out, MARKER)
     return 0
 
 

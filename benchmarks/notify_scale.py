@@ -24,54 +24,51 @@ way out, also on error or SIGTERM.
 
 from __future__ import annotations
 
-import os
-import sys
-
-os.environ["YOLO_OFFLINE"] = "1"
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray at import time
-
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-
 import argparse
 import asyncio
 import contextlib
 import importlib.metadata
 import json
 import re
-import shutil
 import signal
 import statistics
-import subprocess
-import tempfile
+import sys
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
 
 from benchmarks._harness import (
+    RESULTS,
     UNBOUNDED_ENV,
-    _parent_death_signal,
+    CpuMeter,
+    LongRunLLM,
+    Server,
     cpu_by_process,
+    exit_on_sigterm,
     fmt,
-    free_port,
+    load_average,
     machine,
     pct,
-    write_results,
+    proc_kind,
+    publish,
+    scratch,
+    server_env,
+    sse_events,
+    uss_mb,
 )
-from testing.standins import Call, OpenAIServer, Text, ToolCalls
+from testing.standins import Call, Text, ToolCalls
 from testing.standins.openai_server import message_text
 
-MARK_START, MARK_END = "<!-- notify_scale -->", "<!-- /notify_scale -->"
 TAG = re.compile(r"bench-s(\d+)-k(\d+)")
 START = re.compile(r"start the benchmark streams of session (\d+)")
 SENT = re.compile(r"(bench-s\d+-k\d+) #(\d+) at ([0-9.]+)")
-MB = 1_000_000
+ACTORS = ("NotificationActor", "SessionActor", "LLMClient")
 TARGET_STREAMS, TARGET_P99_S = 100, 2.0
 
 
@@ -79,8 +76,9 @@ TARGET_STREAMS, TARGET_P99_S = 100, 2.0
 
 
 def serve(port: int) -> None:
-    """`--serve PORT`: the real gateway (embedded Ray) minus the detector deployment, started
-    the way `llmcam serve` starts it (Ray joined in the main thread, stopped on the way out)."""
+    """`--serve --port PORT`: the real gateway (embedded Ray) minus the detector deployment,
+    started the way `llmcam serve` starts it (Ray joined in the main thread, stopped on the way
+    out)."""
     import ray
     import uvicorn
 
@@ -101,107 +99,29 @@ def serve(port: int) -> None:
             ray.shutdown()
 
 
-class Gateway:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.port = free_port()
-        self.env, self.log = env, log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._seen: dict[int, psutil.Process] = {}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float) -> float:
-        t0 = time.monotonic()
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.notify_scale", "--serve", str(self.port)],
-                env=self.env, cwd=ROOT,
-                stdout=out, stderr=subprocess.STDOUT, preexec_fn=_parent_death_signal())
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the gateway exited with {self.proc.returncode}: "
-                                   + self.log_tail())
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.url + "/healthz", timeout=5).status_code == 200:
-                    return time.monotonic() - t0
-            time.sleep(0.3)
-        raise RuntimeError(f"the gateway was not ready after {timeout:.0f} s: " + self.log_tail())
-
-    def log_tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log.read_text(errors="replace")[-chars:]
-        return "(no log)"
-
-    def tree(self) -> list[psutil.Process]:
-        if self.proc is None:
-            return []
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        for p in procs:
-            self._seen.setdefault(p.pid, p)
-        return procs
-
-    def kind(self, p: psutil.Process) -> str:
-        try:
-            if self.proc is not None and p.pid == self.proc.pid:
-                return "gateway"
-            name, cmd = p.name(), p.cmdline()
-        except psutil.Error:
-            return "gone"
-        title = cmd[0] if cmd else ""
-        for actor in ("NotificationActor", "SessionActor", "LLMClient"):
-            # "ray::NotificationActor.run", or "ray::<name>:LLMClient…" for a named actor
-            if title.startswith("ray::") and re.search(rf"\b{actor}\b", title):
-                return actor
-        if name in ("gcs_server", "raylet"):
-            return "gcs_server+raylet"
-        return "Ray other"
-
-    def stop(self) -> list[str]:
-        """SIGTERM, wait; SIGKILL whatever of its tree is left (those are reported)."""
-        if self.proc is None:
-            return []
-        self.tree()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        time.sleep(2)
-        killed = []
-        for p in self._seen.values():
-            with contextlib.suppress(psutil.Error):
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    killed.append(p.name())
-                    p.kill()  # psutil checks the create time: never a recycled pid
-        return killed
+def kind(gw: Server, p: psutil.Process) -> str:
+    """This benchmark's names for the gateway's processes: the actors it watches by class."""
+    found = proc_kind(p, gw.proc.pid if gw.proc else None)
+    if found in ("root", "gone"):
+        return "gateway" if found == "root" else found
+    if found.removeprefix("ray::") in ACTORS:
+        return found.removeprefix("ray::")
+    return "gcs_server+raylet" if found in ("gcs_server", "raylet") else "Ray other"
 
 
 # --- the model: every stream round sends one notification stamped with the time -------------
 
 
-class BenchLLM(OpenAIServer):
+class BenchLLM(LongRunLLM):
     """The OpenAI stand-in with one rule: a stream's round calls send_notification with a
     message naming the stream, its count and the time; the chat starts a session's streams."""
 
     def __init__(self, streams: int, interval: float) -> None:
-        super().__init__(chunk_size=16)
+        super().__init__(keep=1000)
         self.streams, self.interval = streams, interval
         self.generated: dict[str, list[float]] = defaultdict(list)  # tag -> send times
-        self.calls = 0
 
-    def _next_reply(self, messages: list[dict[str, Any]]) -> Any:
-        with self._lock:
-            self.calls += 1
-            if len(self._requests) > 1000:
-                self._requests.clear()  # bodies are not needed here: keep memory flat
+    def reply(self, messages: list[dict[str, Any]]) -> Any:
         head = messages[0] if messages else {}
         found = TAG.search(message_text(head)) if head.get("role") == "system" else None
         if found:  # a stream's round
@@ -253,19 +173,12 @@ class Listener:
                     if response.status_code != 200:
                         self.errors[f"HTTP {response.status_code}"] += 1
                         return
-                    fields: dict[str, str] = {}
-                    async for line in response.aiter_lines():
-                        if line == "":
-                            if "data" in fields:
-                                now = time.time()
-                                data = json.loads(fields["data"])
-                                self.events.append(Received(now, int(fields["id"]),
-                                                            data["noti_id"], data["message"],
-                                                            data["at"]))
-                            fields = {}
-                        elif not line.startswith(":"):
-                            name, _, value = line.partition(":")
-                            fields[name] = value.removeprefix(" ")
+                    async for event in sse_events(response.aiter_lines()):
+                        if "data" in event:
+                            now = time.time()
+                            data = json.loads(event["data"])
+                            self.events.append(Received(now, int(event["id"]), data["noti_id"],
+                                                        data["message"], data["at"]))
             except httpx.HTTPError as exc:
                 self.errors[type(exc).__name__] += 1
             self.reconnects += 1
@@ -304,10 +217,10 @@ class Run:
     idle_millicores: float | None = None
 
 
-def idle_floor(gw: Gateway, seconds: float = 8.0) -> float | None:
+def idle_floor(gw: Server, seconds: float = 8.0) -> float | None:
     """CPU of an idle actor process (millicores): the session actors, before any stream."""
     time.sleep(2.0)  # let their start-up settle
-    procs = [p for p in gw.tree() if gw.kind(p) == "SessionActor"]
+    procs = gw.actors("SessionActor")
     if not procs:
         return None
     before = cpu_by_process(procs)
@@ -317,14 +230,8 @@ def idle_floor(gw: Gateway, seconds: float = 8.0) -> float | None:
     return 1000 * statistics.median(used) / seconds if used else None
 
 
-def uss_by_kind(gw: Gateway) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = defaultdict(list)
-    for p in gw.tree():
-        kind = gw.kind(p)
-        if kind in ("NotificationActor", "SessionActor", "LLMClient"):
-            with contextlib.suppress(psutil.Error):
-                out[kind].append(p.memory_full_info().uss / MB)
-    return out
+def uss_by_kind(gw: Server) -> dict[str, list[float]]:
+    return {cls: uss_mb(gw.actors(cls)) for cls in ACTORS}
 
 
 async def until(condition: Any, limit: float, step: float = 0.2) -> bool:
@@ -336,7 +243,7 @@ async def until(condition: Any, limit: float, step: float = 0.2) -> bool:
     return bool(condition())
 
 
-async def drive(gw: Gateway, llm: BenchLLM, args: argparse.Namespace, run: Run) -> None:
+async def drive(gw: Server, llm: BenchLLM, args: argparse.Namespace, run: Run) -> None:
     limits = httpx.Limits(max_connections=args.sessions + 32,
                           max_keepalive_connections=args.sessions + 32)
     timeout = httpx.Timeout(args.phase_timeout, connect=30)
@@ -359,7 +266,7 @@ async def drive(gw: Gateway, llm: BenchLLM, args: argparse.Namespace, run: Run) 
                     await client.delete(f"/api/sessions/{sid}")
 
 
-async def _measure(client: httpx.AsyncClient, gw: Gateway, llm: BenchLLM,
+async def _measure(client: httpx.AsyncClient, gw: Server, llm: BenchLLM,
                    args: argparse.Namespace, run: Run, sids: list[str],
                    listeners: list[Listener]) -> None:
     run.idle_millicores = await asyncio.to_thread(idle_floor, gw)
@@ -394,25 +301,16 @@ async def _measure(client: httpx.AsyncClient, gw: Gateway, llm: BenchLLM,
           flush=True)
 
     # the steady window
-    procs0 = cpu_by_process(gw.tree())
-    sys0, self0, w0 = psutil.cpu_times(), _self_cpu(), time.time()
-    await asyncio.sleep(args.duration / 2)
-    memory = await asyncio.to_thread(uss_by_kind, gw)
-    await asyncio.sleep(args.duration / 2)
-    w1 = time.time()
-    sys1, procs = psutil.cpu_times(), gw.tree()
+    with CpuMeter(gw, kind=lambda p: kind(gw, p),
+                  this_process="benchmark process (listeners + stand-in)") as meter:
+        w0 = time.time()
+        await asyncio.sleep(args.duration / 2)
+        memory = await asyncio.to_thread(uss_by_kind, gw)
+        await asyncio.sleep(args.duration / 2)
+        w1 = time.time()
     run.window_s = w1 - w0
-    total = sum(sys1) - sum(sys0)
-    idle = (sys1.idle + sys1.iowait) - (sys0.idle + sys0.iowait)
-    run.busy_cores = (total - idle) / total * (psutil.cpu_count() or 1) if total > 0 else 0.0
-    kinds = {(p.pid, _ctime(p)): gw.kind(p) for p in procs}
-    cpu: Counter[str] = Counter()
-    for key, secs in cpu_by_process(procs).items():
-        cpu[kinds.get(key, "gone")] += secs - procs0.get(key, 0.0)
-    cpu["benchmark process (listeners + stand-in)"] = _self_cpu() - self0
-    cpu["other processes on the machine"] = max(
-        0.0, run.busy_cores * run.window_s - sum(cpu.values()))
-    run.cpu = dict(cpu)
+    run.busy_cores = meter.busy_cores
+    run.cpu = meter.by_kind
     run.stream_uss = memory.get("NotificationActor", [])
     run.session_uss = memory.get("SessionActor", [])
     run.llm_uss = memory.get("LLMClient", [])
@@ -470,23 +368,11 @@ def _span(values: list[int]) -> str:
     return f"{len(values)} ({values[0]}..{values[-1]}, {dups} repeated)"
 
 
-def _ctime(p: psutil.Process) -> float:
-    try:
-        return p.create_time()
-    except psutil.Error:
-        return 0.0
-
-
-def _self_cpu() -> float:
-    t = psutil.Process().cpu_times()
-    return t.user + t.system
-
-
 # --- the report -----------------------------------------------------------------------------
 
 
 def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
-           load_before: tuple[float, ...]) -> str:
+           load_before: str) -> str:
     n = run.started_streams
     p99 = pct(run.lag_model, 99)
     lost = run.stored - run.received if run.received <= run.stored else 0
@@ -553,8 +439,7 @@ def report(args: argparse.Namespace, run: Run, started: datetime, took: float,
         "",
         f"Run {started:%Y-%m-%d %H:%M} UTC, {took / 60:.1f} min in all, on {machine()}; "
         f"Ray {importlib.metadata.version('ray')}. Load average (1 / 5 / 15 min) before the run "
-        f"{' / '.join(f'{x:.2f}' for x in load_before)}, after it "
-        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}.",
+        f"{load_before}, after it {load_average()}.",
         "",
         f"What: {args.sessions} sessions × {args.streams} notification streams, started by one "
         f"chat turn per session (the model calls `start_notification_stream` {args.streams} "
@@ -619,7 +504,8 @@ def limits_note(args: argparse.Namespace, run: Run, limiting: list[tuple[float, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--streams", type=int, default=5, help="streams per session (≤ 5)")
     parser.add_argument("--duration", type=float, default=30.0, help="measured window (s)")
@@ -631,50 +517,40 @@ def main() -> int:
                         "only add processes here)")
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     parser.add_argument("--phase-timeout", type=float, default=600.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.port)
         return 0
     if not 1 <= args.streams <= 5:
         parser.error("--streams must be 1..5 (a session runs at most 5 streams)")
 
-    started, t0, load_before = datetime.now(UTC), time.monotonic(), os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="llmcam-notify-"))
+    started, t0, load_before = datetime.now(UTC), time.monotonic(), load_average()
     run = Run(args.sessions, args.streams)
-    gw: Gateway | None = None
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        with BenchLLM(args.streams, args.interval) as llm:
-            env = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench",
-                   "LLMCAM_DATA": str(tmp / "data"), "LLMCAM_MODEL": "bench-model",
-                   "LLMCAM_NOTIFY_INTERVAL": str(args.interval),
-                   "LLMCAM_SPARE_SESSIONS": str(args.spare_sessions),
-                   "LLMCAM_DETECTOR_GPUS": "0", "RAY_TMPDIR": str(tmp), **UNBOUNDED_ENV,
-                   "PYTHONPATH": str(ROOT)}
-            env.pop("RAY_ADDRESS", None)
-            for attempt in (1, 2):  # a loaded machine can fail Ray's own start-up once
-                gw = Gateway(env, tmp / f"gateway-{attempt}.log")
-                try:
-                    print(f"gateway ready after {gw.start(args.startup_timeout):.1f} s",
-                          flush=True)
-                    break
-                except RuntimeError as exc:
-                    gw.stop()
-                    if attempt == 2:
-                        raise
-                    print(f"gateway start failed, trying once more: {str(exc)[-500:]}",
-                          flush=True)
-            asyncio.run(drive(gw, llm, args, run))
-    except Exception as exc:
-        run.errors[f"run: {type(exc).__name__}: {str(exc)[:300]}"] += 1
-    finally:
-        if gw is not None:
-            run.killed = gw.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
-    section = report(args, run, started, time.monotonic() - t0, load_before)
-    write_results(args.out, "notify_scale", section)
-    print(section)
+    exit_on_sigterm()
+    with scratch("llmcam-notify-") as tmp:
+        gw: Server | None = None
+        try:
+            with BenchLLM(args.streams, args.interval) as llm:
+                env = server_env(**UNBOUNDED_ENV, OPENAI_BASE_URL=llm.base_url,
+                                 OPENAI_API_KEY="bench", LLMCAM_DATA=str(tmp / "data"),
+                                 LLMCAM_MODEL="bench-model",
+                                 LLMCAM_NOTIFY_INTERVAL=str(args.interval),
+                                 LLMCAM_SPARE_SESSIONS=str(args.spare_sessions),
+                                 LLMCAM_DETECTOR_GPUS="0", RAY_TMPDIR=str(tmp))
+                gw = Server("the gateway",
+                            [sys.executable, "-m", "benchmarks.notify_scale", "--serve"], env,
+                            tmp / "gateway.log")
+                print(f"gateway ready after {gw.launch(args.startup_timeout):.1f} s", flush=True)
+                asyncio.run(drive(gw, llm, args, run))
+        except Exception as exc:
+            run.errors[f"run: {type(exc).__name__}: {str(exc)[:300]}"] += 1
+        finally:
+            if gw is not None:
+                gw.stop(60)
+                run.killed = gw.killed_after_shutdown
+    publish(report(args, run, started, time.monotonic() - t0, load_before), args.out,
+            "notify_scale")
     return 0 if not run.errors else 1
 
 

@@ -20,24 +20,14 @@ PostgreSQL, baseline) and their temp dirs are removed on the way out, also on er
 
 from __future__ import annotations
 
-import os
-import sys
-
-os.environ["YOLO_OFFLINE"] = "1"
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-
 import argparse
 import contextlib
 import importlib.metadata
 import json
-import shutil
-import signal
+import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -46,6 +36,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -53,12 +44,30 @@ import psutil
 
 from actors.session.names import session_key
 from actors.store import open_store
-from benchmarks._harness import UNBOUNDED_ENV, write_results
-from benchmarks.chat_load import Server, log_problems, machine, pct
+from benchmarks._harness import (
+    BASELINE_APP,
+    LLMCAM_SERVE,
+    MB,
+    RESULTS,
+    ROOT,
+    UNBOUNDED_ENV,
+    CpuMeter,
+    Errors,
+    Server,
+    exit_on_sigterm,
+    load_average,
+    log_problems,
+    machine,
+    pct,
+    postgres_processes,
+    proc_kind,
+    scratch,
+    server_env,
+    write_results,
+)
 from testing.standins import OpenAIServer
 
 SECTION = "sessions_scale"
-MB = 1_000_000
 GB = 1_000_000_000
 TARGET_CREATE_P50_MS = 5.0
 TARGET_WARM_DELTA_MS = 10.0
@@ -84,56 +93,20 @@ def log(msg: str) -> None:
 # --- processes
 
 
-def kind(p: psutil.Process, gateway_pid: int) -> str:
-    try:
-        if p.pid == gateway_pid:
-            return "gateway"
-        name, cmd = p.name(), p.cmdline()
-    except psutil.Error:
-        return "gone"
-    if name in ("gcs_server", "raylet"):
+def kind(server: Server, p: psutil.Process) -> str:
+    """This benchmark's names for the processes of the idle CPU breakdown."""
+    found = proc_kind(p, server.proc.pid if server.proc else None)
+    if found in ("root", "gone"):
+        return "gateway" if found == "root" else found
+    if found in ("gcs_server", "raylet"):
         return "gcs_server+raylet"
-    title = cmd[0] if cmd else ""
-    if "SessionActor" in title:
+    if found == "postgres":
+        return "PostgreSQL server"
+    if found == "ray::SessionActor":
         return "session actors"
-    if title.startswith("ray::") or any("default_worker.py" in a for a in cmd):
+    if found.startswith("ray::"):
         return "other Ray workers (detector, Serve, registry, idle pool)"
     return "Ray dashboard/agents/other"
-
-
-def session_actors(server: Server) -> list[psutil.Process]:
-    out = []
-    for p in server.tree():
-        with contextlib.suppress(psutil.Error):
-            cmd = p.cmdline()
-            if cmd and "SessionActor" in cmd[0]:
-                out.append(p)
-    return out
-
-
-def postgres_procs(pg: Any) -> list[psutil.Process]:
-    if pg is None:
-        return []
-    data = str(pg.data_dir)
-    roots = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if p.info["name"] == "postgres" and data in " ".join(p.info["cmdline"] or []):
-                roots.append(p)
-    out = list(roots)
-    for r in roots:
-        with contextlib.suppress(psutil.Error):
-            out += r.children(recursive=True)
-    return list({p.pid: p for p in out}.values())
-
-
-def cpu_of(procs: list[psutil.Process]) -> dict[tuple[int, float], tuple[float, psutil.Process]]:
-    out = {}
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            t = p.cpu_times()
-            out[(p.pid, p.create_time())] = (t.user + t.system, p)
-    return out
 
 
 def gcs_rss(server: Server) -> float | None:
@@ -192,16 +165,10 @@ class StoreResult:
     append_ms: list[float] = field(default_factory=list)
     append_errors: Counter[str] = field(default_factory=Counter)
     appends_load: float | None = None
-    errors: Counter[str] = field(default_factory=Counter)
-    examples: list[str] = field(default_factory=list)
+    errors: Errors = field(default_factory=lambda: Errors(keep=8, width=300))
     notes: list[str] = field(default_factory=list)
     log_problems: list[str] = field(default_factory=list)
     shutdown: list[str] = field(default_factory=list)
-
-    def error(self, where: str, what: str) -> None:
-        self.errors[f"{where}: {what.split(':')[0][:80]}"] += 1
-        if len(self.examples) < 8:
-            self.examples.append(f"{where}: {what}"[:300])
 
 
 @dataclass
@@ -238,23 +205,12 @@ def chat_ok(r: httpx.Response, text: str) -> bool:
 
 def run_baseline(common: dict[str, str], tmp: Path) -> Baseline:
     out = Baseline()
-    server = Server("baseline", [sys.executable, str(ROOT / "benchmarks" / "baseline_app.py")],
-                    common, tmp / "baseline.log")
+    server = Server("baseline", BASELINE_APP, common, tmp / "baseline.log")
     try:
-        server.start()
-        server.wait_ready(60)
+        server.launch(60)
         with client(server.url) as c:
             sids = [c.post("/api/sessions").json()["session_id"] for _ in range(WARM_SESSIONS)]
-            for sid in sids:
-                chat(c, sid, "hello")
-                for rnd in range(WARM_ROUNDS):
-                    dt, r = timed(c, "GET", f"/api/sessions/{sid}/tools")
-                    if r.status_code == 200:
-                        out.tools_ms.append(dt * 1000)
-                    text = f"round {rnd}"
-                    dt, r = chat(c, sid, text)
-                    if chat_ok(r, text):
-                        out.turn_ms.append(dt * 1000)
+            warm_rounds(c, sids, out.turn_ms, out.tools_ms)
         out.load = load1()
     except Exception as exc:
         out.error = f"{type(exc).__name__}: {exc}"[:300]
@@ -263,24 +219,49 @@ def run_baseline(common: dict[str, str], tmp: Path) -> Baseline:
     return out
 
 
+def warm_rounds(c: httpx.Client, sids: list[str], turn_ms: list[float], tools_ms: list[float],
+                messages_ms: list[float] | None = None, errors: Errors | None = None) -> None:
+    """Each session in turn: activate it with a turn, then its rounds back to back (so that it
+    stays live however slow the machine is) of GET messages (where `messages_ms` is given),
+    GET tools and a turn; milliseconds of each that answered, failures into `errors`."""
+
+    def failed(where: str, r: httpx.Response) -> None:
+        if errors is not None:
+            errors.add(where, f"HTTP {r.status_code}: {r.text[:200]}")
+
+    for sid in sids:
+        _, r = chat(c, sid, "hello")
+        if not chat_ok(r, "hello"):
+            failed("warm: first turn", r)
+        for rnd in range(WARM_ROUNDS):
+            if messages_ms is not None:
+                dt, r = timed(c, "GET", f"/api/sessions/{sid}/messages")
+                if r.status_code == 200:
+                    messages_ms.append(dt * 1000)
+                else:
+                    failed("warm: GET messages", r)
+            dt, r = timed(c, "GET", f"/api/sessions/{sid}/tools")
+            if r.status_code == 200:
+                tools_ms.append(dt * 1000)
+            text = f"round {rnd}"
+            dt, r = chat(c, sid, text)
+            if chat_ok(r, text):
+                turn_ms.append(dt * 1000)
+            else:
+                failed("warm: turn", r)
+
+
 # --- one store
 
 
 def gateway(label: str, env: dict[str, str], tmp: Path) -> Server:
-    argv = [str(ROOT / ".venv" / "bin" / "python"), "-m", "gateway.cli", "serve"]
-    return Server(label, argv, env, tmp / f"{label}.log")
+    return Server(label, LLMCAM_SERVE, env, tmp / f"{label}.log")
 
 
 def start(server: Server, res: StoreResult, timeout: float) -> None:
-    server.start()
-    try:
-        ready = server.wait_ready(timeout)
-    except RuntimeError as exc:  # Ray's node may time out on a busy machine: one more try
-        if server.proc is None or server.proc.poll() is None:
-            raise
-        res.notes.append(f"{server.label}: first start failed, started again ({str(exc)[-160:]})")
-        server.start()
-        ready = server.wait_ready(timeout)
+    ready = server.launch(timeout)
+    if server.start_note:
+        res.notes.append(f"{server.label}: {server.start_note[:200]}")
     settled = server.settle(90)
     log(f"{server.label}: ready after {ready:.1f} s, settled after {settled:.1f} s more")
 
@@ -288,10 +269,7 @@ def start(server: Server, res: StoreResult, timeout: float) -> None:
 def stop(server: Server, res: StoreResult) -> None:
     server.stop()
     res.log_problems += [f"{server.label}: {x}" for x in log_problems(server.log)]
-    note = f"{server.label} stopped {server.shutdown_s or 0:.1f} s after SIGTERM"
-    if server.killed_after_shutdown:
-        note += "; had to kill: " + ", ".join(server.killed_after_shutdown[:6])
-    res.shutdown.append(note)
+    res.shutdown.append(f"{server.label} stopped {server.stopped()}")
 
 
 def phase_create(c: httpx.Client, res: StoreResult, n: int, limit: float) -> list[str]:
@@ -302,10 +280,10 @@ def phase_create(c: httpx.Client, res: StoreResult, n: int, limit: float) -> lis
         try:
             dt, r = timed(c, "POST", "/api/sessions")
         except httpx.HTTPError as exc:
-            res.error("create", f"{type(exc).__name__}: {exc}")
+            res.errors.add("create", f"{type(exc).__name__}: {exc}")
             continue
         if r.status_code != 201:
-            res.error("create", f"HTTP {r.status_code}: {r.text[:200]}")
+            res.errors.add("create", f"HTTP {r.status_code}: {r.text[:200]}")
             continue
         res.create_ms.append(dt * 1000)
         sids.append(r.json()["session_id"])
@@ -317,27 +295,7 @@ def phase_create(c: httpx.Client, res: StoreResult, n: int, limit: float) -> lis
 
 
 def phase_warm(c: httpx.Client, res: StoreResult, sids: list[str]) -> None:
-    """Each session in turn: activate it with a turn, then its rounds back to back (so that it
-    stays live however slow the machine is)."""
-    for sid in sids:
-        dt, r = chat(c, sid, "hello")
-        if not chat_ok(r, "hello"):
-            res.error("warm: first turn", f"HTTP {r.status_code}: {r.text[:200]}")
-        for rnd in range(WARM_ROUNDS):
-            dt, r = timed(c, "GET", f"/api/sessions/{sid}/messages")
-            if r.status_code == 200:
-                res.warm_get_ms.append(dt * 1000)
-            else:
-                res.error("warm: GET messages", f"HTTP {r.status_code}: {r.text[:200]}")
-            dt, r = timed(c, "GET", f"/api/sessions/{sid}/tools")
-            if r.status_code == 200:
-                res.warm_tools_ms.append(dt * 1000)
-            text = f"round {rnd}"
-            dt, r = chat(c, sid, text)
-            if chat_ok(r, text):
-                res.warm_turn_ms.append(dt * 1000)
-            else:
-                res.error("warm: turn", f"HTTP {r.status_code}: {r.text[:200]}")
+    warm_rounds(c, sids, res.warm_turn_ms, res.warm_tools_ms, res.warm_get_ms, res.errors)
     res.warm_load = load1()
 
 
@@ -352,45 +310,33 @@ def first_requests(c: httpx.Client, res: StoreResult, sids: list[str], where: st
         try:
             dt, r = timed(c, "GET", f"/api/sessions/{sid}/messages")
         except httpx.HTTPError as exc:
-            res.error(where, f"{type(exc).__name__}: {exc}")
+            res.errors.add(where, f"{type(exc).__name__}: {exc}")
             continue
         if r.status_code == 200:
             out.append(dt)
         else:
-            res.error(where, f"HTTP {r.status_code}: {r.text[:200]}")
+            res.errors.add(where, f"HTTP {r.status_code}: {r.text[:200]}")
     return out
 
 
 def wait_none_live(server: Server, limit: float) -> tuple[float, int]:
     t0 = time.monotonic()
     while time.monotonic() - t0 < limit:
-        n = len(session_actors(server))
+        n = len(server.actors("SessionActor"))
         if n == 0:
             return time.monotonic() - t0, 0
         time.sleep(1.0)
-    return time.monotonic() - t0, len(session_actors(server))
+    return time.monotonic() - t0, len(server.actors("SessionActor"))
 
 
 def phase_idle(server: Server, pg: Any, res: StoreResult, window: float) -> None:
-    procs = server.tree() + postgres_procs(pg)
-    before = cpu_of(procs)
-    sys0 = psutil.cpu_times()
-    t0 = time.monotonic()
-    time.sleep(window)
-    wall = time.monotonic() - t0
-    sys1 = psutil.cpu_times()
-    after = cpu_of(server.tree() + postgres_procs(pg))
-    pg_pids = {p.pid for p in postgres_procs(pg)}
-    by: Counter[str] = Counter()
-    for k, (secs, p) in after.items():
-        label = "PostgreSQL server" if p.pid in pg_pids else kind(p, server.proc.pid)
-        by[label] += secs - before.get(k, (0.0, None))[0]
-    total = sum(sys1) - sum(sys0)
-    idle = (sys1.idle + sys1.iowait) - (sys0.idle + sys0.iowait)
-    res.idle_machine_busy = (total - idle) / total * (psutil.cpu_count() or 1) if total else None
-    res.idle_window_s = wall
-    res.idle_by_kind = {k: v / wall for k, v in by.items()}
-    res.idle_cores = sum(by.values()) / wall
+    with CpuMeter(server, kind=lambda p: kind(server, p),
+                  extra=lambda: postgres_processes(pg)) as meter:
+        time.sleep(window)
+    res.idle_machine_busy = meter.busy_cores
+    res.idle_window_s = meter.wall
+    res.idle_by_kind = {k: v / meter.wall for k, v in meter.own_by_kind.items()}
+    res.idle_cores = meter.own / meter.wall
     res.idle_load = load1()
 
 
@@ -408,12 +354,12 @@ def phase_churn(c: httpx.Client, server: Server, res: StoreResult, sids: list[st
         try:
             _, r = chat(c, sid, text)
         except httpx.HTTPError as exc:
-            res.error("churn", f"{type(exc).__name__}: {exc}")
+            res.errors.add("churn", f"{type(exc).__name__}: {exc}")
             continue
         if chat_ok(r, text):
             done.append(sid)
         else:
-            res.error("churn", f"HTTP {r.status_code}: {r.text[:200]}")
+            res.errors.add("churn", f"HTTP {r.status_code}: {r.text[:200]}")
     res.churn_s = time.monotonic() - t0
     res.churn_done = len(done)
     res.churn_load = load1()
@@ -497,7 +443,7 @@ def run_store_a(store: str, url: str, pg: Any, common: dict[str, str], tmp: Path
                 http_ok += n_user >= want[sid]
             res.churn_http_whole = (http_ok, len(probe))
     except Exception as exc:
-        res.error("phase A", f"{type(exc).__name__}: {exc}")
+        res.errors.add("phase A", f"{type(exc).__name__}: {exc}")
         res.notes.append("log tail: " + server.log_tail(600).replace("\n", " | "))
     finally:
         stop(server, res)
@@ -543,13 +489,13 @@ def run_store_live(store: str, url: str, common: dict[str, str], tmp: Path,
             try:
                 _, r = chat(local.c, sid, text)
             except httpx.HTTPError as exc:
-                res.error("live", f"{type(exc).__name__}: {exc}")
+                res.errors.add("live", f"{type(exc).__name__}: {exc}")
                 return
             if chat_ok(r, text):
                 with lock:
                     held.append(sid)
             else:
-                res.error("live", f"HTTP {r.status_code}: {r.text[:200]}")
+                res.errors.add("live", f"HTTP {r.status_code}: {r.text[:200]}")
             if (i + 1) % 50 == 0:
                 log(f"{store}: {len(held)} live, available "
                     f"{psutil.virtual_memory().available / GB:.1f} GB")
@@ -562,7 +508,7 @@ def run_store_live(store: str, url: str, common: dict[str, str], tmp: Path,
                 raise
         res.live_s = time.monotonic() - t0
         time.sleep(3)
-        actors = session_actors(server)
+        actors = server.actors("SessionActor")
         res.live_held = len(actors)
         res.live_stop = res.live_stop or ("all activated" if len(held) == args.live
                                           else f"{args.live - len(held)} failed")
@@ -577,7 +523,7 @@ def run_store_live(store: str, url: str, common: dict[str, str], tmp: Path,
         log(f"{store}: {res.live_held} session actors live, USS median "
             f"{statistics.median(res.live_uss_mb) if res.live_uss_mb else 0:.1f} MB")
     except Exception as exc:
-        res.error("live", f"{type(exc).__name__}: {exc}")
+        res.errors.add("live", f"{type(exc).__name__}: {exc}")
         res.notes.append("log tail: " + server.log_tail(600).replace("\n", " | "))
     finally:
         stop(server, res)
@@ -753,7 +699,7 @@ def yes(ok: bool | None) -> str:
 
 def report(args: argparse.Namespace, results: dict[str, StoreResult], base: Baseline,
            drv: dict[str, Any], apg: dict[str, Any], started: datetime, took: float,
-           load_before: tuple[float, float, float]) -> str:
+           load_before: str) -> str:
     stores = list(results)
     names = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
     b50 = pct(base.turn_ms, 50)
@@ -793,6 +739,19 @@ def report(args: argparse.Namespace, results: dict[str, StoreResult], base: Base
             return None
         return (r.gcs_after_mb - r.gcs_before_mb) / r.churn_done * 1000  # kB per activation
 
+    def cold(what: str, name: str) -> list[str]:
+        """The row of the first requests whose seconds are the field `<name>_s`."""
+
+        def seconds(r: StoreResult) -> list[float]:
+            return getattr(r, f"{name}_s")
+
+        return [what, *cells(lambda r: f"{p(seconds(r), 50, '.2f')} / "
+                             f"{p(seconds(r), 99, '.2f')} (n={len(seconds(r))})"),
+                f"p50 ≤ {TARGET_COLD_P50_S} s, p99 ≤ {TARGET_COLD_P99_S:.0f} s",
+                met_all(lambda r: None if not seconds(r) else
+                        pct(seconds(r), 50) <= TARGET_COLD_P50_S
+                        and pct(seconds(r), 99) <= TARGET_COLD_P99_S), loads(f"{name}_load")]
+
     def warm_ok(r: StoreResult) -> bool | None:
         w = pct(r.warm_turn_ms, 50)
         return None if w is None or b50 is None else w - b50 <= TARGET_WARM_DELTA_MS
@@ -813,20 +772,9 @@ def report(args: argparse.Namespace, results: dict[str, StoreResult], base: Base
          *cells(lambda r: f"{p(r.warm_get_ms, 50)} / {p(r.warm_get_ms, 99)}"), "", "", ""],
         [f"warm: `GET …/tools` of a live session, p50 (ms); baseline {f(bt50, '.1f')}",
          *cells(lambda r: p(r.warm_tools_ms, 50)), "", "", ""],
-        ["cold: first request (`GET …/messages`) of a never-activated session, p50 / p99 (s)",
-         *cells(lambda r: f"{p(r.cold_new_s, 50, '.2f')} / {p(r.cold_new_s, 99, '.2f')} "
-                f"(n={len(r.cold_new_s)})"),
-         f"p50 ≤ {TARGET_COLD_P50_S} s, p99 ≤ {TARGET_COLD_P99_S:.0f} s",
-         met_all(lambda r: None if not r.cold_new_s else
-                 pct(r.cold_new_s, 50) <= TARGET_COLD_P50_S
-                 and pct(r.cold_new_s, 99) <= TARGET_COLD_P99_S), loads("cold_new_load")],
-        ["cold: first request of a passivated session, p50 / p99 (s)",
-         *cells(lambda r: f"{p(r.cold_pass_s, 50, '.2f')} / {p(r.cold_pass_s, 99, '.2f')} "
-                f"(n={len(r.cold_pass_s)})"),
-         f"p50 ≤ {TARGET_COLD_P50_S} s, p99 ≤ {TARGET_COLD_P99_S:.0f} s",
-         met_all(lambda r: None if not r.cold_pass_s else
-                 pct(r.cold_pass_s, 50) <= TARGET_COLD_P50_S
-                 and pct(r.cold_pass_s, 99) <= TARGET_COLD_P99_S), loads("cold_pass_load")],
+        cold("cold: first request (`GET …/messages`) of a never-activated session, p50 / p99 "
+             "(s)", "cold_new"),
+        cold("cold: first request of a passivated session, p50 / p99 (s)", "cold_pass"),
         [f"idle CPU of the whole system, none live, over {args.idle_window:.0f} s (cores)",
          *cells(idle), f"≤ {TARGET_IDLE_CORES} core",
          met_all(lambda r: None if r.idle_cores is None or r.idle_live
@@ -862,7 +810,7 @@ def report(args: argparse.Namespace, results: dict[str, StoreResult], base: Base
                         else r.churn_whole[0] == r.churn_whole[1]
                         and r.churn_http_whole[0] == r.churn_http_whole[1]), ""],
         ["errors (HTTP, wrong replies, timeouts)",
-         *cells(lambda r: str(sum(r.errors.values()))), "0",
+         *cells(lambda r: str(r.errors.total())), "0",
          met_all(lambda r: not r.errors), ""],
     ]
     head = ["measure", *(names[s] for s in stores), "target", "met", "load avg 1 min"]
@@ -872,8 +820,7 @@ def report(args: argparse.Namespace, results: dict[str, StoreResult], base: Base
         f"Run {started:%Y-%m-%d %H:%M} UTC, {took / 60:.1f} min in all, on {machine()}; "
         f"Ray {importlib.metadata.version('ray')}, psycopg "
         f"{importlib.metadata.version('psycopg')}. Load average (1 / 5 / 15 min) before the "
-        f"run {' / '.join(f'{x:.2f}' for x in load_before)}, after it "
-        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}; the machine was shared with other "
+        f"run {load_before}, after it {load_average()}; the machine was shared with other "
         "work (the last column gives the 1-minute load average when each figure was taken, "
         "SQLite / PostgreSQL): every timing here is noisy.",
         "",
@@ -936,8 +883,8 @@ def report(args: argparse.Namespace, results: dict[str, StoreResult], base: Base
         r = results[s]
         if r.errors:
             lines.append(f"- Errors, {names[s]}: "
-                         + "; ".join(f"{k} × {v}" for k, v in r.errors.items()))
-            lines += [f"  - `{e}`" for e in r.examples[:4]]
+                         + "; ".join(f"{k} × {v}" for k, v in r.errors.counts.items()))
+            lines += [f"  - `{e}`" for e in r.errors.examples[:4]]
         if r.append_errors:
             lines.append(f"- Append errors, {names[s]}: "
                          + "; ".join(f"{k} × {v}" for k, v in r.append_errors.items()))
@@ -999,55 +946,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn-timeout", type=float, default=300.0)
     parser.add_argument("--live-timeout", type=float, default=420.0)
     parser.add_argument("--startup-timeout", type=float, default=180.0)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep-temp", action="store_true")
     args = parser.parse_args(argv)
 
-    def on_term(signum: int, _: object) -> None:
-        raise SystemExit(128 + signum)  # runs the cleanup below
-
-    signal.signal(signal.SIGTERM, on_term)
+    exit_on_sigterm()
     started, t_start = datetime.now(UTC), time.monotonic()
-    load_before = os.getloadavg()
-    tmp = Path(tempfile.mkdtemp(prefix="sessions_scale-"))
+    load_before = load_average()
     stores = ["sqlite", "postgresql"] if args.store == "both" else [args.store]
     results: dict[str, StoreResult] = {}
     drv: dict[str, Any] = {}
     apg: dict[str, Any] = {}
     interrupted = ""
-    try:
-        with OpenAIServer() as llm:
-            common = {**os.environ, "OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "x",
-                      "LLMCAM_MODEL": "m", "PYTHONPATH": str(ROOT),
-                      "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "LLMCAM_DETECTOR_GPUS": "0",
-                      "LLMCAM_DETECTOR_REPLICAS": "1", **UNBOUNDED_ENV}
-            common.pop("RAY_ADDRESS", None)
-            common.pop("LLMCAM_DB", None)
-            log("baseline: warm latency")
-            base = run_baseline(common, tmp)
-            log(f"baseline: turn p50 {pct(base.turn_ms, 50) or 0:.1f} ms {base.error}")
-            try:
-                run_stores(stores, tmp, common, args, results, drv, apg)
-            except BaseException as exc:  # SIGTERM or a failure: report what was measured
-                interrupted = f"{type(exc).__name__}: {exc}"[:200]
-                log(f"interrupted: {interrupted}")
-        section = report(args, results, base, drv, apg, started, time.monotonic() - t_start,
-                         load_before)
-        if interrupted:
-            section += (f"\nThe run was interrupted ({interrupted}): figures shown as — or "
-                        "with fewer samples were not (fully) measured.\n")
-        print(section)
-        if not any(r.create_ms or r.appends_per_s for r in results.values()):
-            print(f"nothing measured: {args.out} left as it was", file=sys.stderr)
-            return 1
-        write_results(args.out, SECTION, section)
-        print(f"written to {args.out}")
-        return 1 if interrupted or any(r.errors for r in results.values()) else 0
-    finally:
-        if args.keep_temp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with scratch("sessions_scale-", keep=args.keep_temp) as tmp, OpenAIServer() as llm:
+        common = server_env(**UNBOUNDED_ENV, OPENAI_BASE_URL=llm.base_url, OPENAI_API_KEY="x",
+                            LLMCAM_MODEL="m", LLMCAM_YOLO_MODEL="yolov8n.yaml",
+                            LLMCAM_DETECTOR_GPUS="0", LLMCAM_DETECTOR_REPLICAS="1")
+        log("baseline: warm latency")
+        base = run_baseline(common, tmp)
+        log(f"baseline: turn p50 {pct(base.turn_ms, 50) or 0:.1f} ms {base.error}")
+        try:
+            run_stores(stores, tmp, common, args, results, drv, apg)
+        except BaseException as exc:  # SIGTERM or a failure: report what was measured
+            interrupted = f"{type(exc).__name__}: {exc}"[:200]
+            log(f"interrupted: {interrupted}")
+    section = report(args, results, base, drv, apg, started, time.monotonic() - t_start,
+                     load_before)
+    if interrupted:
+        section += (f"\nThe run was interrupted ({interrupted}): figures shown as — or "
+                    "with fewer samples were not (fully) measured.\n")
+    print(section)
+    if not any(r.create_ms or r.appends_per_s for r in results.values()):
+        print(f"nothing measured: {args.out} left as it was", file=sys.stderr)
+        return 1
+    write_results(args.out, SECTION, section)
+    print(f"written to {args.out}")
+    return 1 if interrupted or any(r.errors for r in results.values()) else 0
 
 
 def run_stores(stores: list[str], tmp: Path, common: dict[str, str], args: argparse.Namespace,
@@ -1070,7 +1004,7 @@ def run_stores(stores: list[str], tmp: Path, common: dict[str, str], args: argpa
                 appends(append_url, args.writers, args.append_seconds, res)
                 log(f"{store}: {res.appends_per_s:.0f} appends/s")
             except Exception as exc:
-                res.error("appends", f"{type(exc).__name__}: {exc}")
+                res.errors.add("appends", f"{type(exc).__name__}: {exc}")
             if pg is not None:
                 log("postgresql: driver memory, asyncpg comparison")
                 drv.update(driver_memory(url))

@@ -45,21 +45,11 @@ the way out, also on error or SIGTERM.
 from __future__ import annotations
 
 import os
-import sys
 
-os.environ["YOLO_OFFLINE"] = "1"
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # read by Ray at import time
 # The GCS started here declares a killed node dead after ~3 s (Ray's default: ~15 s), as the
 # tests' Ray does.
 os.environ.setdefault("RAY_health_check_period_ms", "1000")
 os.environ.setdefault("RAY_health_check_failure_threshold", "3")
-
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-# The raylets (ours and the second node's) hand this on to the workers: they import actors/.
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 import argparse
 import asyncio
@@ -67,15 +57,15 @@ import contextlib
 import importlib.metadata
 import json
 import random
-import shutil
 import signal
-import tempfile
+import sys
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -84,18 +74,27 @@ import ray
 
 from actors.session.names import NAMESPACE, actor_name, session_key
 from benchmarks._harness import (
+    LLMCAM_SERVE,
     MB,
+    RESULTS,
     UNBOUNDED_ENV,
+    LongRunLLM,
     Server,
+    exit_on_sigterm,
     load_average,
     log_problems,
     machine,
+    postgres_processes,
+    proc_kind,
+    scratch,
+    server_env,
+    sse_events,
     write_results,
 )
 from gateway.ray_conn import GCS_CAPS
 from testing.postgres import PostgresServer
 from testing.ray_node import RayNode
-from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
+from testing.standins import Call, DigitrafficServer, Text, ToolCalls
 from testing.standins.digitraffic_server import make_jpeg
 from testing.standins.openai_server import message_text
 
@@ -115,21 +114,16 @@ RETRYABLE = ("502", "503", "504", "ReadError", "ReadTimeout", "RemoteProtocolErr
 # --- the model ------------------------------------------------------------------------------
 
 
-class SoakLLM(OpenAIServer):
+class SoakLLM(LongRunLLM):
     """The OpenAI stand-in, scripted per turn (`script`), plus one rule for streams: a round of
     a stream whose task names `soak-stream-…` calls send_notification with a message of its
     own (`<tag> #<n>`), and answers "ok" to the tool's result."""
 
     def __init__(self) -> None:
-        super().__init__(chunk_size=16)
+        super().__init__(keep=200)
         self.generated: Counter[str] = Counter()  # stream tag -> notifications asked for
-        self.calls = 0
 
-    def _next_reply(self, messages: list[dict[str, Any]]) -> Any:
-        with self._lock:
-            self.calls += 1
-            if len(self._requests) > 200:
-                self._requests.clear()  # bodies are not needed here: keep memory flat
+    def reply(self, messages: list[dict[str, Any]]) -> Any:
         head = messages[0] if messages else {}
         text = message_text(head) if head.get("role") == "system" else ""
         if STREAM_TAG in text:
@@ -140,7 +134,7 @@ class SoakLLM(OpenAIServer):
                 self.generated[tag] += 1
                 n = self.generated[tag]
             return ToolCalls([Call("send_notification", {"msg": f"{tag} #{n} {uuid.uuid4()}"})])
-        return super()._next_reply(messages)
+        return super().reply(messages)
 
 
 # --- outcomes and fault windows -------------------------------------------------------------
@@ -303,16 +297,10 @@ class EventListener:
             await self.api.target.wait_up(120)
 
     async def _read(self, response: httpx.Response) -> None:
-        fields: dict[str, str] = {}
-        async for line in response.aiter_lines():
-            if line == "":
-                if "data" in fields and "id" in fields:
-                    data = json.loads(fields["data"])
-                    self._got(int(fields["id"]), data.get("noti_id", ""), data.get("message", ""))
-                fields = {}
-            elif not line.startswith(":"):
-                name, _, value = line.partition(":")
-                fields[name] = value.removeprefix(" ")
+        async for event in sse_events(response.aiter_lines()):
+            if "data" in event and "id" in event:
+                data = json.loads(event["data"])
+                self._got(int(event["id"]), data.get("noti_id", ""), data.get("message", ""))
 
     def _got(self, event_id: int, noti_id: str, message: str) -> None:
         last = self.last
@@ -343,23 +331,20 @@ async def read_replay(api: Api, sid: str, expect: int, limit: float) -> list[tup
                     await asyncio.sleep(1)
                     continue
                 api.ledger.add("replay", t0, "200", False)
-                lines = r.aiter_lines()
-                fields: dict[str, str] = {}
-                while time.monotonic() < deadline:
-                    quiet = 3.0 if len(events) >= expect else 30.0
-                    try:
-                        line = await asyncio.wait_for(anext(lines), quiet)
-                    except (TimeoutError, StopAsyncIteration):
-                        break
-                    if line == "":
-                        if "data" in fields and "id" in fields:
-                            data = json.loads(fields["data"])
-                            events.append((int(fields["id"]), data.get("noti_id", ""),
-                                           data.get("message", "")))
-                        fields = {}
-                    elif not line.startswith(":"):
-                        name, _, value = line.partition(":")
-                        fields[name] = value.removeprefix(" ")
+
+                async def until_quiet(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+                    while time.monotonic() < deadline:
+                        quiet = 3.0 if len(events) >= expect else 30.0
+                        try:
+                            yield await asyncio.wait_for(anext(lines), quiet)
+                        except (TimeoutError, StopAsyncIteration):
+                            return
+
+                async for event in sse_events(until_quiet(r.aiter_lines())):
+                    if "data" in event and "id" in event:
+                        data = json.loads(event["data"])
+                        events.append((int(event["id"]), data.get("noti_id", ""),
+                                       data.get("message", "")))
                 return events
         except httpx.HTTPError as exc:
             api.ledger.add("replay", t0, type(exc).__name__, True, str(exc))
@@ -385,24 +370,14 @@ class Cluster:
         return self.gateways[-1]
 
     def start_gateway(self) -> float:
-        """A new `llmcam serve` on a fresh port (one more try if its start fails); seconds
-        until it answered /healthz."""
-        for attempt in (1, 2):
-            n = len(self.gateways) + 1
-            server = Server("llmcam serve", [sys.executable, "-m", "gateway.cli", "serve"],
-                            self.env, self.tmp / f"gateway-{n}.log")
-            self.gateways.append(server)
-            server.start()
-            try:
-                ready = server.wait_ready(self.startup_timeout)
-            except RuntimeError:
-                server.stop()
-                if attempt == 2:
-                    raise
-                continue
-            self.target.url = server.url
-            return ready
-        raise AssertionError("unreachable")
+        """A new `llmcam serve` on a fresh port (started again once if its start fails);
+        seconds until it answered /healthz."""
+        server = Server("llmcam serve", LLMCAM_SERVE, self.env,
+                        self.tmp / f"gateway-{len(self.gateways) + 1}.log")
+        self.gateways.append(server)
+        ready = server.launch(self.startup_timeout)
+        self.target.url = server.url
+        return ready
 
     def stop(self) -> list[str]:
         killed = []
@@ -421,32 +396,19 @@ class Sample:
     by_kind: dict[str, tuple[float, float, int, frozenset[int]]]  # rss, uss, n, pids
 
 
-def postgres_processes(pg: PostgresServer) -> list[psutil.Process]:
-    with contextlib.suppress(OSError, ValueError, psutil.Error):
-        pid = int((pg.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
-        root = psutil.Process(pid)
-        return [root, *root.children()]
-    return []
-
-
 def kind_of(p: psutil.Process, gateway_pid: int | None, node2: set[int]) -> str:
-    try:
-        if p.pid == gateway_pid:
-            return "gateway"
-        name, cmd = p.name(), p.cmdline()
-    except psutil.Error:
-        return "gone"
+    """This benchmark's names for the processes of the memory table."""
+    found = proc_kind(p, gateway_pid)
     where = " (node 2)" if p.pid in node2 else " (head)"
-    if name == "gcs_server":
-        return "gcs_server"
-    if name == "raylet":
+    if found in ("root", "gone", "gcs_server"):
+        return "gateway" if found == "root" else found
+    if found == "raylet":
         return "raylet" + where
-    if name.startswith("postgres") or (cmd and "postgres" in cmd[0]):
+    if found == "postgres":
         return "PostgreSQL"
-    if cmd and cmd[0].startswith("ray::"):
-        title = cmd[0][5:].split(".")[0].split(":")[-1].strip()
-        if title and title != "IDLE" and not title.endswith("Agent"):
-            return f"ray::{title}"
+    title = found.removeprefix("ray::")
+    if found.startswith("ray::") and title and title != "IDLE" and not title.endswith("Agent"):
+        return found
     return "Ray other" + where
 
 
@@ -1066,68 +1028,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--request-timeout", type=float, default=180.0)
     parser.add_argument("--startup-timeout", type=float, default=240.0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument("--keep-temp", action="store_true", help="keep logs and data")
     args = parser.parse_args(argv)
     if not 0 <= args.stream_sessions <= args.sessions:
         parser.error("--stream-sessions must be between 0 and --sessions")
 
-    def on_term(signum: int, _: object) -> None:
-        raise SystemExit(128 + signum)  # runs the cleanup below
-
-    signal.signal(signal.SIGTERM, on_term)
+    exit_on_sigterm()
     run = Run(args.minutes)
     t_setup = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="llmcam-soak-"))
     cluster: Cluster | None = None
-    try:
-        with contextlib.ExitStack() as stack:
-            print("setup: PostgreSQL, stand-ins, head Ray, node 2, gateway", flush=True)
-            pg = stack.enter_context(PostgresServer())
-            llm = stack.enter_context(SoakLLM())
-            cameras = stack.enter_context(DigitrafficServer())
-            # the caps on the GCS's records that `llmcam serve` gives its own Ray (and
-            # ray_cluster.yaml a cluster's): each passivation leaves some
-            for name, value in GCS_CAPS.items():
-                os.environ.setdefault(name, value)
-            ray.init(address="local", _node_ip_address="127.0.0.1", namespace=NAMESPACE,
-                     include_dashboard=False, num_cpus=2, logging_level="WARNING",
-                     _temp_dir=str(tmp / "ray"))
-            stack.callback(ray.shutdown)
-            gcs = ray.get_runtime_context().gcs_address
-            node = stack.enter_context(RayNode(gcs, {"node2": 1}, num_cpus=1))
-            node.start(timeout=args.startup_timeout)
-            env = {**os.environ, **UNBOUNDED_ENV, "RAY_ADDRESS": gcs, "LLMCAM_DB": pg.url,
-                   "LLMCAM_DATA": str(tmp / "data"), "OPENAI_BASE_URL": llm.base_url,
-                   "OPENAI_API_KEY": "soak", "LLMCAM_MODEL": "soak-model",
-                   "LLMCAM_VISION_MODEL": "soak-vision", "LLMCAM_YOLO_MODEL": "yolov8n.yaml",
-                   "LLMCAM_DETECTOR_GPUS": "0", "LLMCAM_WEATHERCAM_URL": cameras.base_url,
-                   "LLMCAM_ALLOW_HOSTS": "127.0.0.1",
-                   "LLMCAM_IDLE_SECONDS": str(args.idle_seconds),
-                   "LLMCAM_SPARE_SESSIONS": "0", "LLMCAM_NOTIFY_INTERVAL": str(args.interval),
-                   "LLMCAM_MAX_REPLAY": "1000000"}  # the final replay reads every event
-            cluster = Cluster(env, tmp, node, args.startup_timeout)
-            run.gateway_ready_s.append(cluster.start_gateway())
-            run.setup_s = time.monotonic() - t_setup
-            print(f"setup: done in {run.setup_s:.0f} s; gateway at {cluster.target.url}",
-                  flush=True)
-            try:
-                asyncio.run(soak(args, run, cluster, llm, pg))
-            finally:
-                run.killed = cluster.stop()
-                for server in cluster.gateways:
-                    run.log_problems += log_problems(server.log)
-    except BaseException as exc:  # SIGTERM or a failure: report what was seen
-        run.failure = f"{type(exc).__name__}: {str(exc)[:300]}"
-        print(f"run failed: {run.failure}", file=sys.stderr, flush=True)
-        if cluster is not None and cluster.gateways:
-            print(f"--- gateway log tail ---\n{cluster.gateway.log_tail()}", file=sys.stderr)
-    finally:
-        if args.keep_temp:
-            print(f"kept {tmp}", file=sys.stderr)
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with scratch("llmcam-soak-", keep=args.keep_temp) as tmp:
+        try:
+            with contextlib.ExitStack() as stack:
+                print("setup: PostgreSQL, stand-ins, head Ray, node 2, gateway", flush=True)
+                pg = stack.enter_context(PostgresServer())
+                llm = stack.enter_context(SoakLLM())
+                cameras = stack.enter_context(DigitrafficServer())
+                # the caps on the GCS's records that `llmcam serve` gives its own Ray (and
+                # ray_cluster.yaml a cluster's): each passivation leaves some; the raylets (ours
+                # and the second node's) hand PYTHONPATH on to the workers: they import actors/
+                for name, value in GCS_CAPS.items():
+                    os.environ.setdefault(name, value)
+                os.environ["PYTHONPATH"] = server_env()["PYTHONPATH"]
+                ray.init(address="local", _node_ip_address="127.0.0.1", namespace=NAMESPACE,
+                         include_dashboard=False, num_cpus=2, logging_level="WARNING",
+                         _temp_dir=str(tmp / "ray"))
+                stack.callback(ray.shutdown)
+                gcs = ray.get_runtime_context().gcs_address
+                node = stack.enter_context(RayNode(gcs, {"node2": 1}, num_cpus=1))
+                node.start(timeout=args.startup_timeout)
+                env = server_env(
+                    **UNBOUNDED_ENV, RAY_ADDRESS=gcs, LLMCAM_DB=pg.url,
+                    LLMCAM_DATA=str(tmp / "data"), OPENAI_BASE_URL=llm.base_url,
+                    OPENAI_API_KEY="soak", LLMCAM_MODEL="soak-model",
+                    LLMCAM_VISION_MODEL="soak-vision", LLMCAM_YOLO_MODEL="yolov8n.yaml",
+                    LLMCAM_DETECTOR_GPUS="0", LLMCAM_WEATHERCAM_URL=cameras.base_url,
+                    LLMCAM_ALLOW_HOSTS="127.0.0.1", LLMCAM_IDLE_SECONDS=str(args.idle_seconds),
+                    LLMCAM_SPARE_SESSIONS="0", LLMCAM_NOTIFY_INTERVAL=str(args.interval),
+                    LLMCAM_MAX_REPLAY="1000000")  # the final replay reads every event
+                cluster = Cluster(env, tmp, node, args.startup_timeout)
+                run.gateway_ready_s.append(cluster.start_gateway())
+                run.setup_s = time.monotonic() - t_setup
+                print(f"setup: done in {run.setup_s:.0f} s; gateway at {cluster.target.url}",
+                      flush=True)
+                try:
+                    asyncio.run(soak(args, run, cluster, llm, pg))
+                finally:
+                    run.killed = cluster.stop()
+                    for server in cluster.gateways:
+                        run.log_problems += log_problems(server.log)
+        except BaseException as exc:  # SIGTERM or a failure: report what was seen
+            run.failure = f"{type(exc).__name__}: {str(exc)[:300]}"
+            print(f"run failed: {run.failure}", file=sys.stderr, flush=True)
+            if cluster is not None and cluster.gateways:
+                print(f"--- gateway log tail ---\n{cluster.gateway.log_tail()}",
+                      file=sys.stderr)
     section = report(run, args)
     print(section)
     print(f"VERDICT {verdict(run)}", flush=True)

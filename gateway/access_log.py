@@ -6,7 +6,9 @@ import logging
 import re
 import time
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
+
+from gateway.asgi import HttpMiddleware
 
 log = logging.getLogger("llmcam.access")
 _SESSION = re.compile(r"(/api/sessions/)(?!current\b)[^/?]+")
@@ -16,14 +18,8 @@ def redact(path: str) -> str:
     return _SESSION.sub(r"\1<session>", path)
 
 
-class AccessLog:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+class AccessLog(HttpMiddleware):
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         start, status = time.perf_counter(), 0
 
         async def sending(message: Message) -> None:

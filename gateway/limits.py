@@ -9,6 +9,8 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.asgi import HttpMiddleware
+
 MB = 1024 * 1024
 MAX_BODY = MB
 MAX_UPLOAD = 10 * MB  # the image itself; its multipart body may carry a little more
@@ -20,10 +22,10 @@ def too_large(limit: int) -> str:
     return f"request body is larger than {limit // MB} MB"
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY,
                  upload_limit: int = MAX_UPLOAD) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
         self.upload_limit = upload_limit
 
@@ -33,10 +35,7 @@ class BodyLimit:
             return self.upload_limit + UPLOAD_OVERHEAD, too_large(self.upload_limit)
         return self.limit, too_large(self.limit)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit, detail = self._limits(scope)
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):

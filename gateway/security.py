@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from actors.settings import Settings
+from gateway.asgi import HttpMiddleware
 
 LOOPBACK_NAMES = ["localhost", "127.0.0.1", "[::1]"]
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -110,14 +111,11 @@ def same_origin(origin: str, scope: Scope) -> bool:
     return theirs == ours
 
 
-class OriginCheck:
+class OriginCheck(HttpMiddleware):
     """403 for a state-changing request that a browser sent from another site."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope.get("method") in UNSAFE_METHODS:
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("method") in UNSAFE_METHODS:
             origin = Headers(scope=scope).get("origin")
             if origin is not None and not same_origin(origin, scope):
                 await JSONResponse({"detail": "cross-site request refused: the Origin header "
@@ -126,16 +124,10 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
-class SecurityHeaders:
+class SecurityHeaders(HttpMiddleware):
     """The headers every response gets (a route's own values win)."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         wanted = {**HEADERS, "Content-Security-Policy": CSP}
 
         async def with_headers(message: Message) -> None:

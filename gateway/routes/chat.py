@@ -4,8 +4,6 @@ the session actor's streamed turn, followed through actor deaths by the session 
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -17,10 +15,9 @@ from fastapi.responses import JSONResponse
 from gateway.deps import QuotaDep, SessionsDep
 from gateway.models import Message, PostMessage, Reply
 from gateway.session_client import ForCaller
-from gateway.sse import sse_event, sse_response
+from gateway.sse import sse_response, turn_sse
 
 router = APIRouter(prefix="/api/sessions/{sid}/messages", tags=["chat"])
-log = logging.getLogger(__name__)
 
 
 @router.get("", response_model=list[Message], response_model_exclude_unset=True)
@@ -81,7 +78,7 @@ async def post_message(sid: str, body: PostMessage, request: Request,
         await events.aclose()
         raise
     if "text/event-stream" in request.headers.get("accept", ""):
-        return sse_response(_sse(_prepend(first, events)))
+        return sse_response(turn_sse(first, events, "a streamed turn"))
     async with aclosing(events):
         async for item in _prepend(first, events):
             if item["event"] == "error":
@@ -99,17 +96,3 @@ async def _prepend(first: dict[str, Any] | None,
             yield first
         async for item in rest:
             yield item
-
-
-async def _sse(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, str]]:
-    # A client that goes away stops only its reading: the actor finishes and stores the turn.
-    try:
-        async for item in events:
-            if (out := sse_event(item)) is not None:
-                yield out
-    except Exception as exc:  # the stream has started: report in-band
-        log.warning("a streamed turn failed: %s", type(exc).__name__)
-        yield {"event": "error", "data": json.dumps({"detail": "the turn could not be "
-                                                               "followed to its end"})}
-    finally:
-        await events.aclose()  # stop reading now (the turn itself runs on in the actor)

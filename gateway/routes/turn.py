@@ -7,8 +7,6 @@ watcher that goes away only stops watching: the turn itself runs on.
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +15,9 @@ from fastapi import APIRouter, HTTPException, Response
 from gateway.deps import ListenersDep, SessionsDep
 from gateway.listeners import Listeners
 from gateway.models import Confirm, Problem
-from gateway.sse import sse_event, sse_response
+from gateway.sse import sse_response, turn_sse
 
 router = APIRouter(prefix="/api/sessions/{sid}/turn", tags=["chat"])
-log = logging.getLogger(__name__)
 NO_TURN = "no turn is in flight"
 
 
@@ -70,15 +67,8 @@ async def _sse(items: AsyncIterator[dict[str, Any]], first: dict[str, Any],
     """The turn's events; a session that moved mid-turn is followed to its next activation
     (which has no turn in flight, so the stream ends there: GET …/messages has the rest)."""
     try:
-        if (out := sse_event(first)) is not None:
+        async for out in turn_sse(first, items, "watching a turn"):
             yield out
-        async for item in items:
-            if (out := sse_event(item)) is not None:
-                yield out
-    except Exception as exc:  # the stream has started: report in-band
-        log.warning("watching a turn failed: %s", type(exc).__name__)
-        yield {"event": "error", "data": json.dumps({"detail": "the turn could not be "
-                                                               "followed to its end"})}
     finally:
         listeners.release(lease)
         await items.aclose()  # a closed tab leaves no watcher behind in the actor
