@@ -934,18 +934,12 @@ def report(args: argparse.Namespace, results: dict[str, StoreResult], base: Base
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--store", choices=["sqlite", "postgresql", "both"], default="both")
-    parser.add_argument("--sessions", type=int, default=10_000)
-    parser.add_argument("--live", type=int, default=300)
-    parser.add_argument("--churn", type=int, default=120)
-    parser.add_argument("--cold", type=int, default=30)
-    parser.add_argument("--writers", type=int, default=100)
-    parser.add_argument("--append-seconds", type=float, default=10.0)
-    parser.add_argument("--idle-seconds", type=float, default=5.0)
-    parser.add_argument("--idle-window", type=float, default=25.0)
-    parser.add_argument("--phase-timeout", type=float, default=300.0)
-    parser.add_argument("--churn-timeout", type=float, default=300.0)
-    parser.add_argument("--live-timeout", type=float, default=420.0)
-    parser.add_argument("--startup-timeout", type=float, default=180.0)
+    sizes = {"--sessions": 10_000, "--live": 300, "--churn": 120, "--cold": 30, "--writers": 100,
+             "--append-seconds": 10.0, "--idle-seconds": 5.0, "--idle-window": 25.0,
+             "--phase-timeout": 300.0, "--churn-timeout": 300.0, "--live-timeout": 420.0,
+             "--startup-timeout": 180.0}
+    for option, default in sizes.items():
+        parser.add_argument(option, type=type(default), default=default)
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep-temp", action="store_true")
     args = parser.parse_args(argv)

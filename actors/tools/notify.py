@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import Field
 
-from actors.context import ToolContext
+from actors.context import Streams, ToolContext
 
 
 async def start_notification_stream(
@@ -16,8 +16,7 @@ async def start_notification_stream(
         description="Seconds between two checks (at least 1); default from the server")] = None,
 ) -> str:
     """Start a background notification stream that watches a camera or task and alerts the user."""
-    assert ctx.streams is not None
-    return await ctx.streams.start(task, interval_seconds, ctx.account)
+    return await _streams(ctx).start(task, interval_seconds, ctx.account)
 
 
 async def stop_notification(
@@ -25,8 +24,7 @@ async def stop_notification(
     noti_id: Annotated[str, Field(description="ID of the notification stream to stop")],
 ) -> str:
     """Stop a notification stream by its ID."""
-    assert ctx.streams is not None
-    return await ctx.streams.stop(noti_id)
+    return await _streams(ctx).stop(noti_id)
 
 
 async def send_notification(
@@ -34,8 +32,12 @@ async def send_notification(
     msg: Annotated[str, Field(description="Notification message to send to the user")],
 ) -> str:
     """Send a notification with a message to the user."""
-    assert ctx.streams is not None
-    return await ctx.streams.send(msg)
+    return await _streams(ctx).send(msg)
+
+
+def _streams(ctx: ToolContext) -> Streams:
+    assert ctx.streams is not None  # every session's context has its streams
+    return ctx.streams
 
 
 TOOLS = [start_notification_stream, stop_notification]
