@@ -1,5 +1,6 @@
-"""Shared fixtures: one real Ray for the test run, stand-in servers, and real gateways (uvicorn
-in a thread of this process, or `llmcam serve` in a subprocess) on 127.0.0.1."""
+"""Shared fixtures: one real Ray for the test run, the stand-in servers, PostgreSQL, Chromium,
+and `gateways`, the one factory of real gateways (uvicorn in a thread of this process) that
+gives the same gateway again for the same settings. What is not a fixture is in helpers.py."""
 
 from __future__ import annotations
 
@@ -15,31 +16,17 @@ os.environ.update(WORKER_ENV)  # before Ray is imported: it reads these at impor
 os.environ.setdefault("RAY_health_check_period_ms", "1000")
 os.environ.setdefault("RAY_health_check_failure_threshold", "3")
 
-import socket
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import ray
-import uvicorn
 
-from actors.settings import BUILTIN_TOOL_MODULES, Settings
-from gateway.app import create_app
 from testing.standins import DigitrafficServer, OpenAIServer, VideoServer
+from tests.helpers import Gateway, Gateways
 
-ROOT = Path(ROOT_DIR)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SHARED: dict[str, Any] = {}  # the session-wide llm and gateways, once made
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +39,12 @@ def ray_address() -> Iterator[str]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def llm() -> Iterator[OpenAIServer]:
+    """The model stand-in, one for the run (so gateways can be shared); each module starts it
+    afresh (`_module_bounds`)."""
     with OpenAIServer() as server:
+        SHARED["llm"] = server
         yield server
 
 
@@ -64,125 +54,85 @@ def fresh_llm(llm: OpenAIServer) -> OpenAIServer:
     return llm
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def digitraffic() -> Iterator[DigitrafficServer]:
     with DigitrafficServer() as server:
         yield server
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def video() -> Iterator[VideoServer]:
     with VideoServer() as server:
         yield server
 
 
-def make_settings(tmp: Path, llm: OpenAIServer, **overrides: object) -> Settings:
-    values: dict[str, object] = {
-        "openai_api_key": "test-key", "openai_base_url": llm.base_url, "data": tmp,
-        "model": "test-model", "vision_model": "test-vision",
-        "yolo_model": "yolov8n.yaml", "detector_gpus": 0, "notify_interval": 1,
-        "tool_modules": [*BUILTIN_TOOL_MODULES, "tests.sample_tools"], "spare_sessions": 2,
-        # every test client is 127.0.0.1: per-user limits high, unless a test is about them
-        "rate_sessions": 100_000, "rate_turns": 100_000, "user_live_sessions": 10_000,
-        "user_listeners": 10_000, "user_streams": 10_000, "min_stream_interval": 1,
-        "confirm_tools": [],  # tests/test_confirm.py is about confirming
-    }
-    values.update(overrides)
-    return Settings(**values)
+def _stop_all_streams() -> None:
+    """Stop every notification stream still running, as its user would (the child's `stop`):
+    a module's streams must not keep calling the shared model stand-in in the next module."""
+    from actors.session.names import NAMESPACE
+    from actors.session.notification import PREFIX
+
+    for named in ray.util.list_named_actors(all_namespaces=True):
+        if named["namespace"] != NAMESPACE or not named["name"].startswith(PREFIX):
+            continue
+        try:
+            child = ray.get_actor(named["name"], namespace=NAMESPACE)
+            for noti_id in ray.get(child.status.remote(), timeout=30)["streams"]:
+                ray.get(child.stop.remote(noti_id), timeout=30)
+        except (ValueError, ray.exceptions.RayError):
+            pass  # gone meanwhile, or dead (a node the module killed)
 
 
-class Gateway:
-    """The real app under real uvicorn, in a thread of the test process (which is a Ray
-    driver already, so the gateway uses that Ray)."""
+@pytest.fixture(scope="session")
+def gateways(ray_address: str, llm: OpenAIServer,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateways]:
+    factory = SHARED["gateways"] = Gateways(tmp_path_factory, llm)
+    factory.module = SHARED.get("module", "")
+    yield factory
+    factory.close()
+    SHARED["gateways started"] = factory.started
 
-    def __init__(self, settings: Settings, deploy_detector: bool = False,
-                 port: int | None = None, graceful_s: float | None = None) -> None:
-        self.settings = settings
-        self.port = port or free_port()
-        app = create_app(settings, deploy_detector=deploy_detector)
-        self.server = uvicorn.Server(uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False,
-            timeout_graceful_shutdown=graceful_s))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if "gateways started" in SHARED:
+        terminalreporter.write_line(f"gateways started by the factory: "
+                                    f"{SHARED['gateways started']}")
 
-    def __enter__(self) -> Gateway:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "gateway did not start"
-            time.sleep(0.05)
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=120, **kwargs)  # type: ignore[arg-type]
-
-    def async_client(self, **kwargs: object) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, timeout=120, **kwargs)  # type: ignore[arg-type]
+@pytest.fixture(scope="module", autouse=True)
+def _module_bounds(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Each module starts with a fresh model stand-in and leaves no stream running."""
+    SHARED["module"] = request.module.__name__
+    if "gateways" in SHARED:
+        SHARED["gateways"].module = SHARED["module"]
+    if "llm" in SHARED:
+        SHARED["llm"].reset()
+    yield
+    if ray.is_initialized():
+        _stop_all_streams()
 
 
 @pytest.fixture(scope="module")
-def gateway(ray_address: str, llm: OpenAIServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("data"), llm)
-    with Gateway(settings) as gw:
-        yield gw
+def gateway(request: pytest.FixtureRequest, gateways: Gateways) -> Gateway:
+    """The module's gateway: the default one, or `tools_gateway` in a module that says
+    `GATEWAY = "tools"`."""
+    if getattr(request.module, "GATEWAY", None) == "tools":
+        return request.getfixturevalue("tools_gateway")
+    return gateways()
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
+def tools_gateway(gateways: Gateways, digitraffic: DigitrafficServer) -> Gateway:
+    """The one for the tool tests: tools may reach 127.0.0.1 (the stand-ins live there), the
+    weather cameras are the stand-in's, the detector is deployed."""
+    return gateways(deploy_detector=True, allow_hosts=["127.0.0.1"],
+                    weathercam_url=digitraffic.base_url)
+
+
+@pytest.fixture(scope="module")
 def client(gateway: Gateway) -> Iterator[httpx.Client]:
     with gateway.client() as c:
         yield c
-
-
-def new_session(client: httpx.Client) -> str:
-    response = client.post("/api/sessions")
-    assert response.status_code == 201, response.text
-    return response.json()["session_id"]
-
-
-class ServeProcess:
-    """`llmcam serve` in a subprocess, joined to the test run's Ray."""
-
-    def __init__(self, ray_address: str, settings: Settings, log: Path) -> None:
-        self.port = free_port()
-        env = {**os.environ, "RAY_ADDRESS": ray_address, "LLMCAM_DATA": str(settings.data),
-               "OPENAI_BASE_URL": settings.openai_base_url or "", "OPENAI_API_KEY": "test-key",
-               "LLMCAM_MODEL": settings.model, "LLMCAM_YOLO_MODEL": settings.yolo_model,
-               "LLMCAM_DETECTOR_GPUS": "0", "LLMCAM_RATE_SESSIONS": "100000",
-               "LLMCAM_RATE_TURNS": "100000", "LLMCAM_USER_LIVE_SESSIONS": "10000",
-               "LLMCAM_CONFIRM_TOOLS": ""}
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)],
-            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 90) -> ServeProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        raise AssertionError("llmcam serve did not become ready: " + self.log.read_text()[-3000:])
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        return self.proc.wait(30)
 
 
 @pytest.fixture(scope="session")
@@ -194,43 +144,9 @@ def postgres() -> Iterator[str]:
         yield server.url
 
 
-def fresh_database(url: str) -> str:
-    """A new, empty database on the same server (so tests do not see each other's rows)."""
-    import uuid
-
-    import psycopg
-
-    name = "t_" + uuid.uuid4().hex[:12]
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    return url.rsplit("/", 1)[0] + "/" + name
-
-
-def serve_embedded(data: Path, log: Path, **env_vars: str) -> tuple[subprocess.Popen[bytes], str]:
-    """`llmcam serve` with an embedded Ray on `data`, ready; without OPENAI_* unless given."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    env.update({"LLMCAM_DATA": str(data), "LLMCAM_SPARE_SESSIONS": "0", **env_vars})
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        assert time.monotonic() < deadline, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium through Playwright, headless (never a downloaded browser); modules
-    that need other launch options define their own."""
+    """Debian's Chromium through Playwright, headless (never a downloaded browser)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:

@@ -7,7 +7,7 @@ import json
 import httpx
 
 from testing.standins import Call, Text, ToolCalls
-from tests.conftest import Gateway, new_session
+from tests.helpers import Gateway, new_session
 
 
 def test_create_session_sets_cookie_and_reads_back(client: httpx.Client) -> None:

@@ -5,7 +5,6 @@ and a second gateway sharing the key."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -15,74 +14,28 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
-import oidc_provider_mock
 import pytest
-import werkzeug.serving
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from actors.settings import Settings
 from gateway.identity import _SALT, COOKIE_MAX_AGE, USER_COOKIE
 from testing.standins import OpenAIServer
-from tests.conftest import Gateway, free_port, make_settings, new_session
+from tests.helpers import Gateway, OidcProvider, free_port, make_settings, new_session
 
 SECRET_KEY = "test-secret-key-" + uuid.uuid4().hex
 ALICE = {"sub": "alice-" + uuid.uuid4().hex[:8], "email": "alice@example.org", "name": "Alice"}
 BOB = {"sub": "bob-" + uuid.uuid4().hex[:8], "name": "Bob Builder"}  # no email: name is shown
 
 
-class Provider:
-    """oidc-provider-mock on 127.0.0.1 in a thread; clients must register (so the client
-    secret and the redirect URI are really checked) and the nonce is required."""
-
-    def __init__(self) -> None:
-        app = oidc_provider_mock.app(require_client_registration=True, require_nonce=True)
-        self.server = werkzeug.serving.make_server("127.0.0.1", 0, app, threaded=True)
-        self.issuer = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,),
-                                       daemon=True)
-
-    def __enter__(self) -> Provider:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-    def register(self, *callbacks: str) -> tuple[str, str]:
-        """Dynamic client registration: (client_id, client_secret)."""
-        response = httpx.post(f"{self.issuer}/oauth2/clients", json={
-            "redirect_uris": list(callbacks), "token_endpoint_auth_method": "client_secret_basic"})
-        assert response.status_code == 201, response.text
-        body = response.json()
-        return body["client_id"], body["client_secret"]
-
-    def set_user(self, user: dict[str, str]) -> None:
-        claims = {k: v for k, v in user.items() if k != "sub"}
-        response = httpx.put(f"{self.issuer}/users/{user['sub']}", json=claims)
-        assert response.status_code == 204, response.text
-
-
-class GatewayAt(Gateway):
-    """A gateway on a port chosen beforehand: the provider must know its callback URI
-    before the gateway's settings (client ID and secret) exist."""
-
-    def __init__(self, settings: Settings, port: int) -> None:
-        super().__init__(settings)
-        self.port = port
-        self.server.config.port = port
-
-
 @dataclass
 class Setup:
-    provider: Provider
+    provider: OidcProvider
     gw: Gateway
     other: Gateway  # a second gateway: same key, same data directory
     client_secret: str
 
 
-def oidc_settings(tmp: Path, llm: OpenAIServer, provider: Provider, client_id: str,
+def oidc_settings(tmp: Path, llm: OpenAIServer, provider: OidcProvider, client_id: str,
                   client_secret: str, secret_key: str = SECRET_KEY) -> Settings:
     return make_settings(tmp, llm, auth="oidc", oidc_issuer=provider.issuer,
                          oidc_client_id=client_id, oidc_client_secret=client_secret,
@@ -92,7 +45,7 @@ def oidc_settings(tmp: Path, llm: OpenAIServer, provider: Provider, client_id: s
 @pytest.fixture(scope="module")
 def oidc(ray_address: str, llm: OpenAIServer,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    with Provider() as provider:
+    with OidcProvider() as provider:
         provider.set_user(ALICE)
         provider.set_user(BOB)
         ports = free_port(), free_port()
@@ -100,11 +53,11 @@ def oidc(ray_address: str, llm: OpenAIServer,
             *(f"http://127.0.0.1:{port}/auth/callback" for port in ports))
         settings = oidc_settings(tmp_path_factory.mktemp("data"), llm, provider, client_id,
                                  client_secret)
-        with GatewayAt(settings, ports[0]) as gw, GatewayAt(settings, ports[1]) as other:
+        with Gateway(settings, port=ports[0]) as gw, Gateway(settings, port=ports[1]) as other:
             yield Setup(provider, gw, other, client_secret)
 
 
-def start_login(client: httpx.Client, provider: Provider, gw: Gateway) -> str:
+def start_login(client: httpx.Client, provider: OidcProvider, gw: Gateway) -> str:
     """GET /login: the provider's authorization URL it redirects to (checked for PKCE S256,
     state, nonce and our callback)."""
     response = client.get("/login")
@@ -266,7 +219,7 @@ def test_wrong_client_secret_is_refused(oidc: Setup, llm: OpenAIServer,
     port = free_port()
     client_id, secret = oidc.provider.register(f"http://127.0.0.1:{port}/auth/callback")
     settings = oidc_settings(tmp_path, llm, oidc.provider, client_id, "wrong-" + secret)
-    with GatewayAt(settings, port) as gw, gw.client() as client:
+    with Gateway(settings, port=port) as gw, gw.client() as client:
         callback = authorize(start_login(client, oidc.provider, gw), ALICE["sub"])
         response = client.get(callback)
         detail = expect_401(response)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from testing.standins import Call, Text, ToolCalls
-from tests.conftest import new_session
+from tests.helpers import new_session
 
 UNKNOWN = "0123456789abcdef0123456789abcdef0123456789a"
 
@@ -101,7 +101,7 @@ def test_llm_down_over_sse_is_an_error_event(client: httpx.Client, fresh_llm) ->
 
 
 def test_unreachable_llm_is_502(client: httpx.Client, gateway, ray_address, tmp_path) -> None:
-    from tests.conftest import Gateway, make_settings
+    from tests.helpers import Gateway, make_settings
 
     class Nowhere:
         base_url = "http://127.0.0.1:9/v1"  # nothing listens on the discard port

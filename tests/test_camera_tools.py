@@ -12,41 +12,18 @@ import httpx
 import numpy as np
 import pytest
 
-from testing.standins import Call, DigitrafficServer, OpenAIServer, ToolCalls, VideoServer
+from testing.standins import Call, DigitrafficServer, OpenAIServer, VideoServer
 from testing.standins.video_server import BACKGROUND_BGR
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import Gateways, new_session, turn
+
+GATEWAY = "tools"  # conftest: the tool tests' gateway
 
 SAVED = re.compile(r"saved it as (\S+?)\. Show it with !\[\S+\]\((files/\S+)\)")
 
 
 @pytest.fixture(scope="module")
-def gateway(ray_address: str, llm: OpenAIServer, digitraffic: DigitrafficServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """Loopback allowed (the stand-ins live there), the weather cameras at the stand-in."""
-    settings = make_settings(tmp_path_factory.mktemp("camera"), llm, allow_hosts=["127.0.0.1"],
-                             weathercam_url=digitraffic.base_url, spare_sessions=1)
-    with Gateway(settings) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def sid(client: httpx.Client) -> str:
     return new_session(client)
-
-
-def turn(client: httpx.Client, sid: str, llm: OpenAIServer, text: str,
-         calls: list[Call]) -> list[str]:
-    """One chat turn in which the model calls `calls` (at once); the tools' results."""
-    llm.script(text, [ToolCalls(calls)])
-    response = client.post(f"/api/sessions/{sid}/messages", json={"content": text})
-    assert response.status_code == 200, response.text
-    return [m["content"] for m in response.json()["messages"] if m["role"] == "tool"]
 
 
 def saved(result: str) -> tuple[str, str]:
@@ -195,13 +172,10 @@ def test_cap_broken_image_is_refused(client: httpx.Client, sid: str, fresh_llm: 
 
 
 @pytest.fixture(scope="module")
-def strict(ray_address: str, llm: OpenAIServer, digitraffic: DigitrafficServer,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def strict(gateways: Gateways, digitraffic: DigitrafficServer) -> Iterator[httpx.Client]:
     """The default guard: loopback refused for links and URLs from the model; the operator's
     weather-camera service (and its own host) stays trusted."""
-    settings = make_settings(tmp_path_factory.mktemp("strict"), llm,
-                             weathercam_url=digitraffic.base_url, spare_sessions=1)
-    with Gateway(settings) as gw, gw.client() as c:
+    with gateways(weathercam_url=digitraffic.base_url, spare_sessions=1).client() as c:
         yield c
 
 

@@ -10,81 +10,17 @@ model must read a refusal that names no host or port behind it.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
-from actors.net.guard import UrlGuard
-from actors.net.proxy import GuardedProxy
 from actors.session.names import session_key
-from testing.standins import Call, OpenAIServer, ToolCalls, VideoServer
-from tests.conftest import Gateway, make_settings, new_session
+from testing.standins import Call, OpenAIServer, VideoServer
+from tests.helpers import CANARY_HOST, Canary, new_session, serving, turn
 
-CANARY_HOST = "127.0.0.2"
-
-
-class Canary:
-    """A TCP listener that counts every connection it accepts (and answers a bare 404)."""
-
-    def __init__(self) -> None:
-        self.sock = socket.create_server((CANARY_HOST, 0))
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://{CANARY_HOST}:{self.port}"
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n"
-                             b"Connection: close\r\n\r\n")
-
-    def close(self) -> None:
-        self.sock.close()
+GATEWAY = "tools"  # conftest: the tool tests' gateway
 
 
-@pytest.fixture(scope="module")
-def canary() -> Iterator[Canary]:
-    found = Canary()
-    yield found
-    found.close()
-
-
-@pytest.fixture(scope="module")
-def gateway(ray_address: str, llm: OpenAIServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """Only 127.0.0.1 allowed: the stand-ins are reachable, the canary is not."""
-    settings = make_settings(tmp_path_factory.mktemp("guard"), llm, allow_hosts=["127.0.0.1"],
-                             spare_sessions=1)
-    with Gateway(settings, deploy_detector=True) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as c:
-        yield c
-
-
-def turn(client: httpx.Client, sid: str, llm: OpenAIServer, text: str,
-         calls: list[Call]) -> list[str]:
-    """One chat turn in which the model calls `calls` (at once); the tools' results."""
-    llm.script(text, [ToolCalls(calls)])
-    response = client.post(f"/api/sessions/{sid}/messages", json={"content": text})
-    assert response.status_code == 200, response.text
-    return [m["content"] for m in response.json()["messages"] if m["role"] == "tool"]
+canary = serving(Canary)
 
 
 def assert_refused_quietly(result: str, canary: Canary) -> None:
@@ -135,29 +71,6 @@ def test_ffmpeg_redirects_segments_keys_and_maps_pass_the_guard(
     [ok] = turn(client, sid, fresh_llm, "capture the good one", [
         Call("capture_youtube_live_frame", {"link": video.video_page_url(video.mp4_url)})])
     assert "saved it as cap_" in ok, ok
-
-
-def closed_port(host: str) -> int:
-    with socket.create_server((host, 0)) as sock:
-        return sock.getsockname()[1]
-
-
-def test_proxy_tells_open_from_closed_ports_only_where_allowed(video: VideoServer,
-                                                              canary: Canary) -> None:
-    """The capture proxy answers an address outside the allow-list the same way whether a
-    server listens there or not, without connecting: a probe learns nothing about it."""
-    with GuardedProxy(UrlGuard(["127.0.0.1"]), timeout=5) as proxy, \
-            httpx.Client(proxy=proxy.url, timeout=10) as web:
-        assert web.get(video.mp4_url).content[4:8] == b"ftyp"  # allowed: the MP4 itself
-        answers = [web.get(f"http://{CANARY_HOST}:{port}/") for port in
-                   (canary.port, closed_port(CANARY_HOST))]
-        assert {(a.status_code, a.text) for a in answers} == {(403,
-                                                               "refused: address not allowed\n")}
-        with pytest.raises(httpx.ProxyError, match="403"):
-            web.get(f"https://{CANARY_HOST}:{canary.port}/")  # CONNECT, as for https
-        assert proxy.refused == 3 and canary.connections == 0
-        gone = web.get(f"http://127.0.0.1:{closed_port('127.0.0.1')}/")
-        assert (gone.status_code, gone.text) == (502, "the server did not answer\n")
 
 
 def test_session_id_never_reaches_the_llm_server(client: httpx.Client, fresh_llm: OpenAIServer,

@@ -6,8 +6,6 @@ import ipaddress
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import numpy as np
 import psutil
 
 from testing.standins import Call, ToolCalls
-from tests.conftest import ROOT, free_port, serve_embedded
+from tests.helpers import free_port, serve_embedded, spawn_serve, wait_healthy
 
 
 def loopback(ip: str) -> bool:
@@ -33,20 +31,10 @@ def test_serve_with_embedded_ray(tmp_path: Path, llm) -> None:
     env.update({"LLMCAM_DATA": str(tmp_path / "data"), "OPENAI_BASE_URL": llm.base_url,
                 "OPENAI_API_KEY": "k", "LLMCAM_SPARE_SESSIONS": "1",
                 "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "YOLO_OFFLINE": "1"})
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    proc = spawn_serve(env, log, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
+        wait_healthy(url, proc, log, timeout=120)
         with httpx.Client(base_url=url, timeout=60) as c:
             sid = c.post("/api/sessions").json()["session_id"]
             reply = c.post(f"/api/sessions/{sid}/messages", json={"content": "laptop"})

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +17,15 @@ import ray
 from actors.session.names import NAMESPACE, actor_name
 from testing.ray_node import RayNode
 from testing.standins import OpenAIServer
-from tests.conftest import ROOT, Gateway, free_port, fresh_database, make_settings, new_session
+from tests.helpers import (
+    Gateway,
+    free_port,
+    fresh_database,
+    make_settings,
+    new_session,
+    spawn_serve,
+    wait_healthy,
+)
 
 SESSIONS = 10
 
@@ -118,16 +124,10 @@ def _serve_alone(db: str, data: Path, llm: OpenAIServer,
     env.update({"LLMCAM_DB": db, "LLMCAM_DATA": str(data), "OPENAI_BASE_URL": llm.base_url,
                 "OPENAI_API_KEY": "test-key", "LLMCAM_MODEL": "test-model",
                 "LLMCAM_YOLO_MODEL": "yolov8n.yaml", "LLMCAM_SPARE_SESSIONS": "0"})
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise AssertionError("the second gateway did not start: " + log.read_text()[-3000:])
+    proc = spawn_serve(env, log, port)
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}", proc, log)
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, port

@@ -18,8 +18,15 @@ import psutil
 from actors.session.names import session_key
 from actors.store import open_store
 from testing.standins import OpenAIServer
-from tests.conftest import fresh_database, serve_embedded
-from tests.test_events_sse import Listener, chat, send, start_streams, stream_requests
+from tests.helpers import (
+    Listener,
+    chat,
+    fresh_database,
+    send,
+    serve_embedded,
+    start_streams,
+    stream_requests,
+)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

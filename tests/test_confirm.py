@@ -17,18 +17,13 @@ import pytest
 
 from actors.confirm import DECLINED
 from testing.standins import Call, OpenAIServer, ToolCalls
-from tests.conftest import Gateway, make_settings, new_session
-from tests.test_events_sse import send, started_ids, stream_requests
+from tests.helpers import Gateway, Gateways, new_session, send, started_ids, stream_requests
 
 
 @pytest.fixture(scope="module")
-def gw(ray_address: str, llm: OpenAIServer,
-       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("confirm"), llm, spare_sessions=0,
-                             confirm_tools=["start_notification_stream", "add_function_tools",
-                                            "send_notification"], confirm_seconds=3)
-    with Gateway(settings) as g:
-        yield g
+def gw(gateways: Gateways) -> Gateway:
+    return gateways(spare_sessions=0, confirm_seconds=3, confirm_tools=[
+        "start_notification_stream", "add_function_tools", "send_notification"])
 
 
 def sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:

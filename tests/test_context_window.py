@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from typing import Any
 
 import pytest
@@ -19,35 +18,13 @@ from actors.context_window import (
     text_tokens,
     tools_tokens,
 )
+from tests.helpers import SYSTEM, conversation
 
 Message = dict[str, Any]
-SYSTEM = {"role": "system", "content": "You are llmcam, a helpful camera assistant. " * 8}
 TOOLS = [{"type": "function", "function": {
     "name": "cap", "description": "Capture an image from a camera. " * 4,
     "parameters": {"type": "object", "properties": {"key": {"type": "string"}},
                    "required": ["key"]}}}]
-
-
-def conversation(messages: int, seed: int = 7) -> list[Message]:
-    """A system message, then turns (user; some rounds of parallel tool calls, each answered;
-    an assistant reply) until there are at least `messages` messages."""
-    rng = random.Random(seed)
-    out: list[Message] = [dict(SYSTEM)]
-    turn = 0
-    while len(out) < messages:
-        out.append({"role": "user", "content": f"turn {turn}: " + "ask " * rng.randint(1, 60)})
-        for group in range(rng.choice([0, 0, 1, 2])):
-            calls = [{"id": f"call_{turn}_{group}_{k}", "type": "function",
-                      "function": {"name": "cap", "arguments": json.dumps({"key": f"k{k}"})}}
-                     for k in range(rng.randint(1, 3))]
-            out.append({"role": "assistant", "content": rng.choice([None, "Let me look."]),
-                        "tool_calls": calls})
-            out.extend({"role": "tool", "tool_call_id": c["id"],
-                        "content": "result " * rng.randint(1, 300)} for c in calls)
-        out.append({"role": "assistant", "content": "Answer, Porvoo ä. " * rng.randint(1, 40)})
-        turn += 1
-    out.append({"role": "user", "content": "the newest question"})
-    return out
 
 
 def user_starts(messages: list[Message]) -> list[int]:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 
 import httpx
-import pytest
 import ray
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -18,9 +16,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from actors.session.names import NAMESPACE, session_key
-from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls, VideoServer
+from testing.standins import Call, OpenAIServer, Text, ToolCalls, VideoServer
 from testing.standins._background import BackgroundServer
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import new_session, say, serving, tool_results
+
+GATEWAY = "tools"  # conftest: the tool tests' gateway
 
 QUESTION_MARKER = "Describe this image quantitatively"
 SAVED = re.compile(r"saved it as (\S+?)\. ")
@@ -70,36 +70,7 @@ class RoadServer(BackgroundServer):
         return JSONResponse({"id": int(request.path_params["id"]), "speedKmh": 12})
 
 
-@pytest.fixture(scope="module")
-def road() -> Iterator[RoadServer]:
-    with RoadServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(ray_address: str, llm: OpenAIServer, digitraffic: DigitrafficServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("demo"), llm, allow_hosts=["127.0.0.1"],
-                             weathercam_url=digitraffic.base_url,  # + tests.sample_tools
-                             spare_sessions=3)
-    with Gateway(settings, deploy_detector=True) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as c:
-        yield c
-
-
-def chat(client: httpx.Client, sid: str, text: str) -> dict:
-    response = client.post(f"/api/sessions/{sid}/messages", json={"content": text})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def tool_results(body: dict) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+road = serving(RoadServer)
 
 
 def test_scenario_0_custom_function_tool(client: httpx.Client, fresh_llm: OpenAIServer,
@@ -107,7 +78,7 @@ def test_scenario_0_custom_function_tool(client: httpx.Client, fresh_llm: OpenAI
     sid = new_session(client)
     fresh_llm.script("add my camera function", [ToolCalls([Call("add_function_tools", {
         "service_name": "my_cameras", "function_names": ["tests.sample_tools.camera_link"]})])])
-    body = chat(client, sid, "add my camera function")
+    body = say(client, sid, "add my camera function")
     assert tool_results(body) == ["Added 1 tools for my_cameras: camera_link"]
     tools = {t["function"]["name"]: t for t in client.get(f"/api/sessions/{sid}/tools").json()}
     assert set(tools["camera_link"]["function"]["parameters"]["required"]) == {"host", "location"}
@@ -117,7 +88,7 @@ def test_scenario_0_custom_function_tool(client: httpx.Client, fresh_llm: OpenAI
         ToolCalls([Call("capture_youtube_live_frame", {"link": video.mp4_url,
                                                         "place": "harbour"})]),
     ])
-    body = chat(client, sid, "capture the harbour")
+    body = say(client, sid, "capture the harbour")
     link, captured = tool_results(body)
     assert link == video.mp4_url
     name = SAVED.search(captured)[1]  # type: ignore[index]
@@ -134,21 +105,21 @@ def test_scenario_1_road_api_and_vision(client: httpx.Client, fresh_llm: OpenAIS
     fresh_llm.script("add road_digitraffic", [ToolCalls([Call("add_api_tools", {
         "service_name": "road_digitraffic", "base_url": road.root_url,
         "oas_url": f"{road.root_url}/swagger/openapi.json"})])])
-    [added] = tool_results(chat(client, sid, "add road_digitraffic"))
+    [added] = tool_results(say(client, sid, "add road_digitraffic"))
     assert added == "Added 2 tools for road_digitraffic: trafficMessages, tmsStationData"
 
     fresh_llm.script("where is a traffic jam", [
         ToolCalls([Call("trafficMessages", {"situationType": "TRAFFIC_ANNOUNCEMENT"})]),
         ToolCalls([Call("cap", {"key": "Porvoo"})]),
     ])
-    messages, captured = tool_results(chat(client, sid, "where is a traffic jam? show it"))
+    messages, captured = tool_results(say(client, sid, "where is a traffic jam? show it"))
     assert "Traffic jam on road 1 at Porvoo" in messages
     assert road.queries == ["situationType=TRAFFIC_ANNOUNCEMENT"]
     name = SAVED.search(captured)[1]  # type: ignore[index]
 
     fresh_llm.script("what is on the road", [ToolCalls([Call("detect_objects",
                                                              {"image_path": name})])])
-    [found] = tool_results(chat(client, sid, "what is on the road there?"))
+    [found] = tool_results(say(client, sid, "what is on the road there?"))
     detection = json.loads(found)
     kinds = {f["name"]: f["kind"] for f in client.get(f"/api/sessions/{sid}/files").json()}
     assert kinds == {name: "capture", detection["file"]: "detection"}
@@ -159,28 +130,28 @@ def test_scenario_2_capture_ask_detect_plot(client: httpx.Client, fresh_llm: Ope
     sid = new_session(client)
     fresh_llm.script("here is the live feed", [ToolCalls([Call(
         "capture_youtube_live_frame", {"link": video.hls_url, "place": "Santa"})])])
-    [first] = tool_results(chat(client, sid, "here is the live feed, capture it"))
+    [first] = tool_results(say(client, sid, "here is the live feed, capture it"))
     first_name = SAVED.search(first)[1]  # type: ignore[index]
 
     fresh_llm.script(QUESTION_MARKER, [Text('{"person": 2, "building": 1}'),
                                        Text('{"person": 2}'), Text("{'people': 4}")])
     fresh_llm.script("how many people", [ToolCalls([Call(
         "ask_gpt4v_about_image_file", {"path": first_name})])])
-    [answer] = tool_results(chat(client, sid, "how many people does the vision model see?"))
+    [answer] = tool_results(say(client, sid, "how many people does the vision model see?"))
     assert json.loads(answer)["person"] == 2
 
     fresh_llm.script("use yolo", [ToolCalls([Call("detect_objects", {"image_path": first_name})])])
-    [found] = tool_results(chat(client, sid, "use yolo on it"))
+    [found] = tool_results(say(client, sid, "use yolo on it"))
     assert json.loads(found)["file"].startswith("detection_")
 
     fresh_llm.script("capture another", [ToolCalls([Call(
         "capture_youtube_live_frame", {"link": video.hls_url, "place": "Santa"})])])
-    [second] = tool_results(chat(client, sid, "capture another image"))
+    [second] = tool_results(say(client, sid, "capture another image"))
     second_name = SAVED.search(second)[1]  # type: ignore[index]
 
     fresh_llm.script("plot the people", [ToolCalls([Call("plot_object", {
         "images": [first_name, second_name], "object": "person", "methods": ["gpt", "yolo"]})])])
-    body = chat(client, sid, "plot the people in both images with both methods")
+    body = say(client, sid, "plot the people in both images with both methods")
     plot = json.loads(tool_results(body)[0])
     assert plot["counts"]["yolo"] == [0, 0] and sorted(plot["counts"]["gpt"]) == [2, 4]
     assert client.get(f"/api/sessions/{sid}/{plot['url']}").content.startswith(b"\x89PNG")
@@ -193,7 +164,7 @@ def test_scenario_2_capture_ask_detect_plot(client: httpx.Client, fresh_llm: Ope
             "tests.sample_tools.heavy_modules"]})]),
         ToolCalls([Call("heavy_modules", {})]),
     ])
-    report = json.loads(tool_results(chat(client, sid, "what did you load?"))[1])
+    report = json.loads(tool_results(say(client, sid, "what did you load?"))[1])
     actor = ray.get_actor(f"session:{session_key(sid)}", namespace=NAMESPACE)
     pid = ray.get(actor.start.remote())["pid"]
     assert report["pid"] == pid

@@ -6,8 +6,6 @@ nothing reported against it."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -15,34 +13,9 @@ import httpx
 import pytest
 
 from gateway.security import CSP
-from tests.conftest import ROOT, Gateway
+from tests.helpers import ARTIFACTS, NEEDS_CHROMIUM, WATCH, Gateway
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
 WAIT_MS = 60_000
-NO_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium "
-                                 "(/usr/bin/chromium) is not installed; this test never "
-                                 "downloads a browser")
-
-# Recorded in the page before any of its scripts runs: every CSP violation the browser reports.
-WATCH = """
-window.__violations = [];
-document.addEventListener('securitypolicyviolation',
-    (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));
-"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            yield browser
-        finally:
-            browser.close()
 
 
 def test_docs_assets_come_from_the_gateway(client: httpx.Client) -> None:
@@ -63,7 +36,7 @@ def test_docs_assets_come_from_the_gateway(client: httpx.Client) -> None:
 
 
 @pytest.mark.browser
-@NO_CHROMIUM
+@NEEDS_CHROMIUM
 def test_docs_render_offline_under_the_strict_csp(browser: Any, gateway: Gateway) -> None:
     from playwright.sync_api import expect
 

@@ -12,7 +12,7 @@ import ray
 
 from actors.session.names import NAMESPACE, actor_name
 from testing.standins import Call, ToolCalls
-from tests.conftest import Gateway, ServeProcess, make_settings, new_session
+from tests.helpers import Gateway, ServeProcess, make_settings, new_session
 
 
 def session_actor(sid: str):

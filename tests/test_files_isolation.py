@@ -6,7 +6,6 @@ scratch directory."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,8 +13,8 @@ import pytest
 
 from actors.session.names import session_key
 from actors.tools.shell import argv_for, run_command, scratch_path
-from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
-from tests.conftest import Gateway, make_settings, new_session
+from testing.standins import Call, DigitrafficServer, OpenAIServer, Text
+from tests.helpers import Gateway, Gateways, new_session, turn
 
 SAVED = re.compile(r"saved it as (\S+?)\. ")
 SECRET = b"top secret bytes"
@@ -29,27 +28,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def gateway(ray_address: str, llm: OpenAIServer, digitraffic: DigitrafficServer,
-            data_dir: Path) -> Iterator[Gateway]:
-    settings = make_settings(data_dir, llm, allow_hosts=["127.0.0.1"],
-                             weathercam_url=digitraffic.base_url, enable_shell=True,
-                             max_tool_calls=16)
-    with Gateway(settings) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as c:
-        yield c
-
-
-def turn(client: httpx.Client, sid: str, llm: OpenAIServer, text: str,
-         calls: list[Call]) -> list[str]:
-    llm.script(text, [ToolCalls(calls)])
-    response = client.post(f"/api/sessions/{sid}/messages", json={"content": text})
-    assert response.status_code == 200, response.text
-    return [m["content"] for m in response.json()["messages"] if m["role"] == "tool"]
+def gateway(gateways: Gateways, digitraffic: DigitrafficServer, data_dir: Path) -> Gateway:
+    return gateways(data=data_dir, allow_hosts=["127.0.0.1"], weathercam_url=digitraffic.base_url,
+                    enable_shell=True, max_tool_calls=16)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.conftest import Gateway
+from tests.helpers import Gateway
 
 CSP_PARTS = ("default-src 'self'", "script-src 'self';", "frame-ancestors 'none'",
              "object-src 'none'")

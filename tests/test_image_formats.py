@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
 
 import httpx
-import pytest
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from testing.standins import Call, OpenAIServer, Text, ToolCalls
+from testing.standins import Call, OpenAIServer, Text
 from testing.standins._background import BackgroundServer
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import new_session, serving, turn
+
+GATEWAY = "tools"  # conftest: the tool tests' gateway
 
 QUESTION_MARKER = "Describe this image quantitatively"  # in the vision request only
 EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 48\n%%EndComments\n"
@@ -54,26 +54,7 @@ class FormatServer(BackgroundServer):
         return Response(body, media_type=kind)
 
 
-@pytest.fixture(scope="module")
-def images() -> Iterator[FormatServer]:
-    with FormatServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(ray_address: str, llm: OpenAIServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("formats"), llm, allow_hosts=["127.0.0.1"])
-    with Gateway(settings) as gw:
-        yield gw
-
-
-def turn(client: httpx.Client, sid: str, llm: OpenAIServer, text: str,
-         calls: list[Call]) -> list[str]:
-    llm.script(text, [ToolCalls(calls)])
-    response = client.post(f"/api/sessions/{sid}/messages", json={"content": text})
-    assert response.status_code == 200, response.text
-    return [m["content"] for m in response.json()["messages"] if m["role"] == "tool"]
+images = serving(FormatServer)
 
 
 def sent_images(llm: OpenAIServer) -> list[Image.Image]:

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from testing.standins import Call, ToolCalls
-from tests.conftest import Gateway
+from tests.helpers import Gateway
 
 SESSIONS = 30
 

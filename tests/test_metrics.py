@@ -9,7 +9,7 @@ import time
 import httpx
 import ray
 
-from tests.conftest import Gateway, new_session
+from tests.helpers import Gateway, new_session
 
 
 def scrape() -> str:
@@ -52,7 +52,7 @@ def test_session_figures_are_in_rays_metrics(gateway: Gateway, fresh_llm) -> Non
 
 def test_tokens_and_refusals_are_in_rays_metrics(ray_address: str, llm,
                                                  tmp_path) -> None:
-    from tests.conftest import make_settings
+    from tests.helpers import make_settings
 
     settings = make_settings(tmp_path, llm, spare_sessions=0, rate_turns=1)
     with Gateway(settings) as gw, gw.client(headers={"X-Forwarded-For": "10.9.8.7"}) as c:

@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from actors.session.streams import stream_context, stream_interval
 from testing.standins import Call, Fail, OpenAIServer, Text, ToolCalls
-from tests.conftest import Gateway
-from tests.test_events_sse import (
+from tests.helpers import (
+    Gateway,
     Listener,
     assert_valid_conversation,
     chat,
@@ -290,25 +289,3 @@ async def test_stream_tools_in_the_chat(gateway: Gateway, ac: httpx.AsyncClient,
     assert "no notification stream with ID nope" in turn["messages"][2]["content"]
 
 
-def test_stream_context_and_interval_rules() -> None:
-    """Pure rules: the child's context answers every open call (its own with its ID), and the
-    interval is the request or the default, never under a second."""
-    history = [
-        {"role": "user", "content": "watch both"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "c1", "type": "function", "function": {
-                "name": "start_notification_stream", "arguments": '{"task": "b\\u00e5ts"}'}},
-            {"id": "c2", "type": "function", "function": {
-                "name": "start_notification_stream", "arguments": '{"task": "cars"}'}}]},
-    ]
-    context = stream_context(history, "n-1", "båts")
-    assert context[0]["role"] == "system" and "n-1" in context[0]["content"]
-    assert "båts" in context[0]["content"]
-    replies = {m["tool_call_id"]: m["content"] for m in context if m["role"] == "tool"}
-    assert replies["c1"] == "Notification stream started with ID n-1"
-    assert "not available" in replies["c2"]
-    assert_valid_conversation([*context, {"role": "user", "content": "Round 1"}])
-    assert history[1]["tool_calls"][0]["id"] == "c1" and len(history) == 2  # not changed
-    assert stream_interval(None, 30) == 30 and stream_interval(5, 30) == 5
-    assert stream_interval(0, 30) == 1 and stream_interval(-3, 30) == 1
-    assert stream_interval(float("nan"), 30) == 30

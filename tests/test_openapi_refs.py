@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -22,44 +19,15 @@ from starlette.routing import Route
 
 from testing.standins import Call, ToolCalls
 from testing.standins._background import BackgroundServer
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import Canary, Gateway, Gateways, new_session, say, serving, tool_results
 
 MARKER = f"file-secret-{uuid.uuid4().hex}"
 CANARY_MARKER = f"canary-secret-{uuid.uuid4().hex}"
 FETCH_LIMIT = 200_000  # settings.max_fetch_bytes of this module's gateway
-
-
-class Canary:
-    """A TCP listener on 127.0.0.2 (loopback, outside the allow-list): it must see nothing."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.2", 0))
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        body = json.dumps({"type": "string", "description": CANARY_MARKER}).encode()
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            self.connections += 1
-            with conn:
-                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
-                             % (len(body), body))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self.sock.close()
+CANARY_BODY = json.dumps({"type": "string", "description": CANARY_MARKER}).encode()
+canary = serving(Canary, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+                 % (len(CANARY_BODY), CANARY_BODY))
 
 
 def fan_out(levels: int) -> dict:
@@ -134,13 +102,6 @@ class HostileApi(BackgroundServer):
 
 
 @pytest.fixture(scope="module")
-def canary() -> Iterator[Canary]:
-    server = Canary()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="module")
 def secret_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("secret") / "credentials.json"
     path.write_text(json.dumps({"secret": {"type": "string", "description": MARKER}}))
@@ -154,18 +115,9 @@ def hostile(secret_file: Path, canary: Canary) -> Iterator[HostileApi]:
 
 
 @pytest.fixture(scope="module")
-def open_gateway(ray_address, llm, tmp_path_factory) -> Iterator[Gateway]:
+def open_gateway(gateways: Gateways) -> Gateway:
     """Tools may reach 127.0.0.1 (the stand-ins); 127.0.0.2, the canary, stays refused."""
-    settings = make_settings(tmp_path_factory.mktemp("refs"), llm, allow_hosts=["127.0.0.1"],
-                             max_fetch_bytes=FETCH_LIMIT)
-    with Gateway(settings) as gw:
-        yield gw
-
-
-def turn(c: httpx.Client, sid: str, text: str) -> list[str]:
-    response = c.post(f"/api/sessions/{sid}/messages", json={"content": text})
-    assert response.status_code == 200, response.text
-    return [m["content"] for m in response.json()["messages"] if m["role"] == "tool"]
+    return gateways(allow_hosts=["127.0.0.1"], max_fetch_bytes=FETCH_LIMIT)
 
 
 def test_only_local_refs_are_followed(open_gateway: Gateway, fresh_llm, hostile: HostileApi,
@@ -174,7 +126,7 @@ def test_only_local_refs_are_followed(open_gateway: Gateway, fresh_llm, hostile:
         sid = new_session(c)
         fresh_llm.script("add hostile", [ToolCalls([Call("add_api_tools", {
             "service_name": "hostile", "base_url": hostile.root_url})])])
-        result = turn(c, sid, "add hostile")[0]
+        result = tool_results(say(c, sid, "add hostile"))[0]
         assert "Added 2 tools for hostile" in result, result
         assert "not followed" in result
         tools_text = c.get(f"/api/sessions/{sid}/tools").text
@@ -185,7 +137,7 @@ def test_only_local_refs_are_followed(open_gateway: Gateway, fresh_llm, hostile:
 
         # a call of an added tool still reaches the allowed server
         fresh_llm.script("call hostile", [ToolCalls([Call("lookup", {"local": "a"})])])
-        turn(c, sid, "call hostile")
+        tool_results(say(c, sid, "call hostile"))
 
     sent = json.dumps(fresh_llm.requests)
     for marker in (MARKER, CANARY_MARKER, "fetched other document"):
@@ -204,7 +156,7 @@ def test_ref_fan_out_is_bounded(open_gateway: Gateway, fresh_llm, hostile: Hosti
             "service_name": "fan", "base_url": hostile.root_url,
             "oas_url": f"{hostile.root_url}/fan.json"})])])
         started = time.monotonic()
-        result = turn(c, sid, "add fan")[0]
+        result = tool_results(say(c, sid, "add fan"))[0]
         assert time.monotonic() - started < 60
         assert "expands to more than" in result, result
         assert "fan" not in {t["function"]["name"]
@@ -219,12 +171,12 @@ def test_reads_are_capped_while_reading(open_gateway: Gateway, fresh_llm,
         fresh_llm.script("big spec", [ToolCalls([Call("add_api_tools", {
             "service_name": "big", "base_url": hostile.root_url,
             "oas_url": f"{hostile.root_url}/big.json"})])])
-        result = turn(c, sid, "big spec")[0]
+        result = tool_results(say(c, sid, "big spec"))[0]
         assert "larger than" in result and "byte limit" in result, result
 
         fresh_llm.script("add again", [ToolCalls([Call("add_api_tools", {
             "service_name": "hostile", "base_url": hostile.root_url})])])
-        assert "Added 2 tools" in turn(c, sid, "add again")[0]
+        assert "Added 2 tools" in tool_results(say(c, sid, "add again"))[0]
         fresh_llm.script("call bomb", [ToolCalls([Call("bomb", {})])])
-        result = turn(c, sid, "call bomb")[0]
+        result = tool_results(say(c, sid, "call bomb"))[0]
         assert result.startswith("Error: bomb failed") and "byte limit" in result, result[:300]

@@ -8,7 +8,6 @@ import re
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,20 +19,12 @@ import pytest
 from actors.session.names import session_key
 from actors.store import open_store
 from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
-from testing.standins.digitraffic_server import API_PREFIX
-from tests.conftest import ROOT, Gateway, make_settings
+from tests.helpers import ARTIFACTS, BROWSER, WAIT_MS, Gateway, Gateways, serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-WAIT_MS = 90_000
 # a file a tool names: `files/<name>` (relative to the session) or `/api/sessions/<id>/files/<name>`
 FILE_URL = re.compile(r"(?:/api/sessions/[^\s()/]+/)?files/[\w.-]+?\.(?:jpe?g|png)")
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) "
-                       "is not installed; this test never downloads a browser"),
-]
+pytestmark = BROWSER
 
 
 class ShowImage:
@@ -51,40 +42,25 @@ class PageLLM(OpenAIServer):
         return reply
 
 
-@pytest.fixture(scope="module")
-def page_llm() -> Iterator[PageLLM]:
-    with PageLLM() as server:
-        yield server
+page_llm = serving(PageLLM)
 
 
 @pytest.fixture(scope="module")
-def page_gateway(ray_address: str, page_llm: PageLLM,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with DigitrafficServer() as cams:
-        settings = make_settings(tmp_path_factory.mktemp("page"), page_llm,
-                                 weathercam_url=cams.root_url + API_PREFIX)
-        with Gateway(settings) as gw:
-            yield gw
+def page_gateway(gateways: Gateways, page_llm: PageLLM, digitraffic: DigitrafficServer) -> Gateway:
+    return gateways(llm=page_llm, weathercam_url=digitraffic.base_url)
 
 
 @pytest.fixture()
-def browser_page(page_gateway: Gateway) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        context = browser.new_context(viewport={"width": 1280, "height": 860},
-                                      color_scheme="light")
-        page = context.new_page()
-        page.set_default_timeout(WAIT_MS)
-        requests: list[str] = []  # every URL the page asks for
-        page.on("request", lambda request: requests.append(request.url))
-        try:
-            yield page, requests
-        finally:
-            context.close()
-            browser.close()
+def browser_page(browser: Any, page_gateway: Gateway) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 860}, color_scheme="light")
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    requests: list[str] = []  # every URL the page asks for
+    page.on("request", lambda request: requests.append(request.url))
+    try:
+        yield page, requests
+    finally:
+        context.close()
 
 
 def jpeg() -> bytes:

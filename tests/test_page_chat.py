@@ -10,146 +10,31 @@ import base64
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from PIL import Image
 
 from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
-from testing.standins.digitraffic_server import API_PREFIX
-from tests.conftest import ROOT, Gateway, make_settings
+from tests.helpers import BROWSER, SLOW, STORY, Gateway, Gateways, Page, serving
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-WAIT_MS = 90_000
-SLOW = 0.12  # seconds between two words of a slow reply
-STORY = " ".join(f"Line {i} of a long and slowly told harbour story." for i in range(12))
+pytestmark = BROWSER
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) "
-                       "is not installed; this test never downloads a browser"),
-]
-
-# Recorded in the page from its first script on: CSP violations and what the page logs as errors.
-WATCH = """
-window.__violations = [];
-document.addEventListener('securitypolicyviolation',
-    (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));
-"""
+chat_llm = serving(OpenAIServer)
 
 
 @pytest.fixture(scope="module")
-def chat_llm() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def chat_gateway(ray_address: str, chat_llm: OpenAIServer,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with DigitrafficServer() as cams:
-        settings = make_settings(tmp_path_factory.mktemp("chat"), chat_llm,
-                                 weathercam_url=cams.root_url + API_PREFIX, spare_sessions=1)
-        with Gateway(settings) as gw:
-            yield gw
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-class Page:
-    """One browser context on the gateway, with what a test asks of the chat page."""
-
-    def __init__(self, browser: Any, gateway: Gateway, llm: OpenAIServer) -> None:
-        from playwright.sync_api import expect
-
-        expect.set_options(timeout=WAIT_MS)
-        self.base, self.llm = gateway.url, llm
-        self.context = browser.new_context(viewport={"width": 1280, "height": 860},
-                                           color_scheme="light")
-        self.context.add_init_script(WATCH)
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(WAIT_MS)
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.page.on("request", lambda request: self.requests.append(request.url))
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        self.page.on("console", lambda msg: self.errors.append(msg.text)
-                     if msg.type == "error" else None)
-
-    def open(self) -> None:
-        from playwright.sync_api import expect
-
-        self.page.goto(self.base + "/")
-        expect(self.send_button).to_be_enabled()
-
-    @property
-    def send_button(self) -> Any:
-        return self.page.get_by_role("button", name="Send", exact=True)
-
-    @property
-    def stop_button(self) -> Any:
-        return self.page.get_by_role("button", name="Stop", exact=True)
-
-    def role(self, role: str) -> Any:
-        return self.page.locator(f'[data-role="{role}"]')
-
-    def type_and_send(self, text: str) -> None:
-        self.page.get_by_label("Message").fill(text)
-        self.send_button.click()
-
-    def send(self, text: str) -> None:
-        """Send and wait for the whole reply."""
-        from playwright.sync_api import expect
-
-        count = self.role("assistant").count()
-        self.type_and_send(text)
-        expect(self.role("assistant")).to_have_count(count + 1)
-        expect(self.send_button).to_be_enabled()
-
-    def chats(self) -> list[dict[str, Any]]:
-        return self.page.evaluate("JSON.parse(localStorage.getItem('llmcam.chats') || '[]')")
-
-    def sid(self) -> str:
-        return self.page.evaluate("localStorage.getItem('llmcam.current')")
-
-    def shot(self, name: str) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / name))
-
-    def check_clean(self) -> None:
-        """No CSP violation, no script error, and not one request away from the gateway."""
-        assert self.page.evaluate("window.__violations") == []
-        assert [e for e in self.errors if "Failed to load resource" not in e] == []
-        hosts = {urlsplit(u).netloc for u in self.requests if not u.startswith(("data:", "blob:"))}
-        assert hosts == {urlsplit(self.base).netloc}, self.requests
-
-    def close(self) -> None:
-        self.context.close()
+def chat_gateway(gateways: Gateways, chat_llm: OpenAIServer,
+                 digitraffic: DigitrafficServer) -> Gateway:
+    return gateways(llm=chat_llm, weathercam_url=digitraffic.base_url, spare_sessions=1)
 
 
 @pytest.fixture()
 def chat(browser: Any, chat_gateway: Gateway, chat_llm: OpenAIServer) -> Iterator[Page]:
     chat_llm.reset()
-    page = Page(browser, chat_gateway, chat_llm)
-    try:
+    with Page(browser, chat_gateway, chat_llm) as page:
         yield page
-    finally:
-        page.close()
 
 
 def jpeg(size: tuple[int, int] = (480, 320)) -> bytes:

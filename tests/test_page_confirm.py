@@ -16,40 +16,18 @@ import pytest
 
 from actors.confirm import DECLINED
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
-from tests.conftest import Gateway, make_settings
-from tests.test_page_chat import CHROMIUM, SLOW, STORY, Page
+from tests.helpers import BROWSER, SLOW, STORY, Gateway, Gateways, Page
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) "
-                       "is not installed; this test never downloads a browser"),
-]
+pytestmark = BROWSER
 
 EVIL = "<img src=x onerror=alert(1)>"
 STARTED = "Notification stream started with ID"
 
 
 @pytest.fixture(scope="module")
-def confirm_gateway(ray_address: str, llm: OpenAIServer,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("page-confirm"), llm, spare_sessions=1,
-                             confirm_tools=["start_notification_stream", "add_function_tools"],
-                             confirm_seconds=30)
-    with Gateway(settings) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            yield browser
-        finally:
-            browser.close()
+def confirm_gateway(gateways: Gateways) -> Gateway:
+    return gateways(spare_sessions=1, confirm_seconds=30,
+                    confirm_tools=["start_notification_stream", "add_function_tools"])
 
 
 class ConfirmPage(Page):
@@ -87,6 +65,19 @@ class ConfirmPage(Page):
                                                  {"task": task, "interval_seconds": 5})]),
                                  *after])
         self.type_and_send(f"please watch the harbour ({marker})")
+
+    def start(self, task: str, after: list[Any]) -> str:
+        """Open the page, ask to watch `task` and see the call's prompt: the session's ID."""
+        self.open()
+        sid = self.sid()
+        self.ask_to_watch(task, after)
+        self.see_prompt(task)
+        return sid
+
+    def check_clean(self) -> None:
+        """No dialog opened, besides what every page test checks."""
+        assert self.dialogs == []
+        super().check_clean()
 
     def see_prompt(self, task: str) -> None:
         """The call is shown, waiting, with its arguments as text (and nothing of them ran)."""
@@ -130,11 +121,8 @@ class ConfirmPage(Page):
 @pytest.fixture()
 def chat(browser: Any, confirm_gateway: Gateway, llm: OpenAIServer) -> Iterator[ConfirmPage]:
     llm.reset()
-    page = ConfirmPage(browser, confirm_gateway, llm)
-    try:
+    with ConfirmPage(browser, confirm_gateway, llm) as page:
         yield page
-    finally:
-        page.close()
 
 
 def tool_block(chat: Page) -> Any:
@@ -144,11 +132,8 @@ def tool_block(chat: Page) -> Any:
 def test_allow_runs_the_call_and_a_reload_shows_it_answered(chat: ConfirmPage) -> None:
     from playwright.sync_api import expect
 
-    chat.open()
-    sid = chat.sid()
     task = f"Tell me when a boat arrives {EVIL} ({uuid.uuid4().hex[:6]})"
-    chat.ask_to_watch(task, [Text("Watching now. " + STORY, chunk_delay=SLOW)])
-    chat.see_prompt(task)
+    sid = chat.start(task, [Text("Watching now. " + STORY, chunk_delay=SLOW)])
     expect(chat.page.get_by_test_id("activity")).to_have_text("Waiting for your answer…")
     assert chat.streams(sid) == []  # nothing runs before the user allows it
     chat.shot("confirm_prompt.png")
@@ -174,18 +159,14 @@ def test_allow_runs_the_call_and_a_reload_shows_it_answered(chat: ConfirmPage) -
     assert [s["status"] for s in streams] == ["running"]
     expect(chat.page.get_by_test_id("streams").locator("li")).to_have_count(1)
     assert chat.page.locator("#messages img").count() == 0
-    assert chat.dialogs == []
     chat.check_clean()
 
 
 def test_deny_does_not_run_the_call(chat: ConfirmPage) -> None:
     from playwright.sync_api import expect
 
-    chat.open()
-    sid = chat.sid()
     task = f"Count the ferries {EVIL}"
-    chat.ask_to_watch(task, [Text("Alright, I will not watch.")])
-    chat.see_prompt(task)
+    sid = chat.start(task, [Text("Alright, I will not watch.")])
     chat.watch_buttons()
     chat.prompt.get_by_role("button", name="Deny").click()
     assert chat.page.evaluate("window.__disabledAtClick") == [True, True]
@@ -196,18 +177,14 @@ def test_deny_does_not_run_the_call(chat: ConfirmPage) -> None:
     expect(chat.send_button).to_be_enabled()
     assert chat.streams(sid) == []
     chat.shot("confirm_denied.png")
-    assert chat.dialogs == []
     chat.check_clean()
 
 
 def test_an_answer_too_late_says_the_call_no_longer_waits(chat: ConfirmPage) -> None:
     from playwright.sync_api import expect
 
-    chat.open()
-    sid = chat.sid()
     task = f"Watch the bridge {EVIL}"
-    chat.ask_to_watch(task, [Text("Not watching, then.")])
-    chat.see_prompt(task)
+    sid = chat.start(task, [Text("Not watching, then.")])
     # a reload while the call waits: the prompt again, still with its buttons
     chat.page.reload()
     chat.see_prompt(task)
@@ -232,5 +209,4 @@ def test_an_answer_too_late_says_the_call_no_longer_waits(chat: ConfirmPage) -> 
     expect(chat.role("assistant").last).to_have_text("Not watching, then.")
     expect(chat.send_button).to_be_enabled()
     assert chat.streams(sid) == []
-    assert chat.dialogs == []
     chat.check_clean()

@@ -15,15 +15,9 @@ import pytest
 from actors.session.names import session_key
 from actors.store import open_store
 from testing.standins import Call, OpenAIServer, ToolCalls
-from tests.conftest import Gateway, make_settings
-from tests.test_events_sse import send
-from tests.test_page_chat import CHROMIUM, Page
+from tests.helpers import BROWSER, Gateway, Page, make_settings, send
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) "
-                       "is not installed; this test never downloads a browser"),
-]
+pytestmark = BROWSER
 
 
 def test_the_page_says_it_is_disconnected_and_reconnects_by_itself(

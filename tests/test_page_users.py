@@ -9,109 +9,42 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import oidc_provider_mock
 import pytest
-import werkzeug.serving
 
-from actors.settings import Settings
 from testing.standins import OpenAIServer
-from tests.conftest import ROOT, Gateway, free_port, make_settings
+from tests.helpers import (
+    BROWSER,
+    USER_HEADER,
+    BrowserPage,
+    Gateway,
+    Gateways,
+    OidcProvider,
+    free_port,
+    make_settings,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = ROOT / "test-artifacts"
-WAIT_MS = 90_000
-USER_HEADER = "X-Forwarded-User"
-
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium (/usr/bin/chromium) "
-                       "is not installed; this test never downloads a browser"),
-]
-
-# Recorded in the page from its first script on: CSP violations.
-WATCH = """
-window.__violations = [];
-document.addEventListener('securitypolicyviolation',
-    (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));
-"""
+pytestmark = BROWSER
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-class Page:
-    """One browser context (its own cookies and localStorage) on a gateway; `user` is sent as
-    the sign-in proxy's header on every request."""
+class Page(BrowserPage):
+    """The chat page in one browser context on a gateway; `user` is sent as the sign-in
+    proxy's header on every request, and nothing leaves this machine (the provider's form
+    links a stylesheet on a CDN)."""
 
     def __init__(self, browser: Any, base: str, user: str | None = None) -> None:
-        from playwright.sync_api import expect
-
-        expect.set_options(timeout=WAIT_MS)
-        self.base = base
-        headers = {USER_HEADER: user} if user else None
-        self.context = browser.new_context(viewport={"width": 1280, "height": 860},
-                                           color_scheme="light", extra_http_headers=headers)
-        self.context.add_init_script(WATCH)
-        # nothing leaves this machine (the provider's form links a stylesheet on a CDN)
+        super().__init__(browser, base, {USER_HEADER: user} if user else None)
         self.context.route(re.compile(r"^https?://(?!127\.0\.0\.1[:/])"),
                            lambda route: route.abort())
-        self.page = self.context.new_page()
-        self.page.set_default_timeout(WAIT_MS)
-        self.requests: list[tuple[str, str]] = []
-        self.errors: list[str] = []
-        self.page.on("request", lambda r: self.requests.append((r.method, r.url)))
-        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
-        self.page.on("console", lambda msg: self.errors.append(msg.text)
-                     if msg.type == "error" else None)
-
-    def open(self) -> None:
-        from playwright.sync_api import expect
-
-        self.page.goto(self.base + "/")
-        expect(self.send_button).to_be_enabled()
-
-    @property
-    def send_button(self) -> Any:
-        return self.page.get_by_role("button", name="Send", exact=True)
-
-    @property
-    def input(self) -> Any:
-        return self.page.get_by_label("Message")
 
     @property
     def chats(self) -> Any:
         return self.page.get_by_test_id("chat")
-
-    def role(self, role: str) -> Any:
-        return self.page.locator(f'[data-role="{role}"]')
-
-    def send(self, text: str) -> None:
-        """Send and wait for the whole reply."""
-        from playwright.sync_api import expect
-
-        count = self.role("assistant").count()
-        self.input.fill(text)
-        self.send_button.click()
-        expect(self.role("assistant")).to_have_count(count + 1)
-        expect(self.send_button).to_be_enabled()
 
     def new_chat(self) -> None:
         from playwright.sync_api import expect
@@ -119,21 +52,6 @@ class Page:
         self.page.get_by_role("button", name="New chat").click()
         expect(self.role("user")).to_have_count(0)
         expect(self.send_button).to_be_enabled()
-
-    def sid(self) -> str:
-        return self.page.evaluate("localStorage.getItem('llmcam.current')")
-
-    def shot(self, name: str) -> None:
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.page.screenshot(path=str(ARTIFACTS / name))
-
-    def check_clean(self) -> None:
-        """No CSP violation and no script error (a refused request's own console line aside)."""
-        assert self.page.evaluate("window.__violations") == []
-        assert [e for e in self.errors if "Failed to load resource" not in e] == []
-
-    def close(self) -> None:
-        self.context.close()
 
 
 @pytest.fixture()
@@ -162,10 +80,8 @@ def titles(gw: Gateway, user: str) -> list[str]:
 # ---------- proxy mode: the sign-in proxy names the user ----------
 
 @pytest.fixture(scope="module")
-def proxy_gateway(ray_address: str, llm: OpenAIServer,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    with Gateway(make_settings(tmp_path_factory.mktemp("proxy"), llm, auth="proxy")) as gw:
-        yield gw
+def proxy_gateway(gateways: Gateways) -> Gateway:
+    return gateways(auth="proxy")
 
 
 def test_signed_in_user_sees_their_chats_from_the_server(pages: Any,
@@ -262,7 +178,7 @@ def test_without_a_user_the_page_says_sign_in_is_needed(pages: Any,
     expect(nobody.input).to_be_disabled()
     expect(nobody.page.get_by_role("button", name="New chat")).to_be_disabled()
     nobody.page.wait_for_timeout(500)
-    assert ("POST", proxy_gateway.url + "/api/sessions") not in nobody.requests
+    assert ("POST", proxy_gateway.url + "/api/sessions") not in nobody.sent
     assert nobody.chats.count() == 0
     assert '{"detail"' not in nobody.page.inner_text("body")
     nobody.shot("users_sign_in_needed.png")
@@ -272,12 +188,8 @@ def test_without_a_user_the_page_says_sign_in_is_needed(pages: Any,
 # ---------- limits: a 429 in words ----------
 
 @pytest.fixture(scope="module")
-def limited_gateway(ray_address: str, llm: OpenAIServer,
-                    tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("limited"), llm, rate_turns=1,
-                             rate_sessions=1)
-    with Gateway(settings) as gw:
-        yield gw
+def limited_gateway(gateways: Gateways) -> Gateway:
+    return gateways(rate_turns=1, rate_sessions=1)
 
 
 def assert_readable(page: Page) -> None:
@@ -377,62 +289,22 @@ SECRET_KEY = "page-test-key-" + uuid.uuid4().hex
 ALICE = {"sub": "alice-" + uuid.uuid4().hex[:8], "email": "alice@example.org", "name": "Alice"}
 
 
-class Provider:
-    """oidc-provider-mock (its real authorization form) on 127.0.0.1 in a thread; clients
-    register, so the redirect URI and the client secret are checked; the nonce is required."""
-
-    def __init__(self) -> None:
-        app = oidc_provider_mock.app(require_client_registration=True, require_nonce=True)
-        self.server = werkzeug.serving.make_server("127.0.0.1", 0, app, threaded=True)
-        self.issuer = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.1,),
-                                       daemon=True)
-
-    def __enter__(self) -> Provider:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
-
-    def register(self, callback: str) -> tuple[str, str]:
-        response = httpx.post(f"{self.issuer}/oauth2/clients", json={
-            "redirect_uris": [callback], "token_endpoint_auth_method": "client_secret_basic"})
-        assert response.status_code == 201, response.text
-        return response.json()["client_id"], response.json()["client_secret"]
-
-    def set_user(self, user: dict[str, str]) -> None:
-        claims = {k: v for k, v in user.items() if k != "sub"}
-        response = httpx.put(f"{self.issuer}/users/{user['sub']}", json=claims)
-        assert response.status_code == 204, response.text
-
-
-class GatewayAt(Gateway):
-    """A gateway on a port chosen beforehand (the provider knows its callback URI)."""
-
-    def __init__(self, settings: Settings, port: int) -> None:
-        super().__init__(settings)
-        self.port = port
-        self.server.config.port = port
-
-
 @pytest.fixture(scope="module")
 def oidc(ray_address: str, llm: OpenAIServer,
-         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Provider, Gateway]]:
-    with Provider() as provider:
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OidcProvider, Gateway]]:
+    with OidcProvider() as provider:
         provider.set_user(ALICE)
         port = free_port()
         client_id, client_secret = provider.register(f"http://127.0.0.1:{port}/auth/callback")
         settings = make_settings(tmp_path_factory.mktemp("oidc"), llm, auth="oidc",
                                  oidc_issuer=provider.issuer, oidc_client_id=client_id,
                                  oidc_client_secret=client_secret, secret_key=SECRET_KEY)
-        with GatewayAt(settings, port) as gw:
+        with Gateway(settings, port=port) as gw:
             yield provider, gw
 
 
-def test_sign_in_with_the_provider_and_sign_out(pages: Any, oidc: tuple[Provider, Gateway]) -> None:
+def test_sign_in_with_the_provider_and_sign_out(pages: Any,
+                                                oidc: tuple[OidcProvider, Gateway]) -> None:
     from playwright.sync_api import expect
 
     provider, gw = oidc
@@ -445,8 +317,8 @@ def test_sign_in_with_the_provider_and_sign_out(pages: Any, oidc: tuple[Provider
     chat.page.goto(gw.url + "/")
     # nobody signed in: the page sends the browser to /login, and on to the provider's form
     chat.page.wait_for_url(authorize)
-    assert ("GET", gw.url + "/login") in chat.requests
-    assert not any(m == "POST" and u.startswith(gw.url + "/api/") for m, u in chat.requests)
+    assert ("GET", gw.url + "/login") in chat.sent
+    assert not any(m == "POST" and u.startswith(gw.url + "/api/") for m, u in chat.sent)
     chat.page.locator('input[name="sub"]').fill(ALICE["sub"])
     chat.page.get_by_role("button", name="Authorize").click()
     # back at the page, signed in

@@ -7,14 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
-import traceback
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -22,29 +17,19 @@ import httpx
 import pytest
 
 from actors.llm import LLM, LLMClient, client_name, failure
-from actors.openapi_tools import MAX_DESCRIPTION, api_tools, describe, load_operations
 from actors.settings import Settings
-from actors.store import StoreError, open_store
+from actors.store import open_store
 from testing.standins import Fail, OpenAIServer, Text
 from testing.standins.openai_server import FailMidStream
-from tests.conftest import ROOT, Gateway, free_port, make_settings
-from tests.test_turn_control import collect
-
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def _marker() -> str:
-    return f"MARKER{uuid.uuid4().hex[:16]}"
-
-
-def _malformed(marker: str) -> list[str]:
-    return [
-        f"postgresql://u:{marker}-s3cret@127.0.0.1:1/db?bogus_option=1",
-        f"postgresql://u:{marker}@host:notaport/db",
-        f"postgresql://u:{marker}@[::1/db",  # libpq quotes this whole URL in its error
-        f"postgresql://u:{marker}%zz@127.0.0.1/db",  # ... and this password
-        f"postgresql://u@127.0.0.1/db?password={marker}&bogus=1",
-    ]
+from tests.helpers import (
+    Gateway,
+    collect,
+    free_port,
+    make_settings,
+    malformed_db_urls,
+    secret_marker,
+    spawn_serve,
+)
 
 
 def _files_containing(root: Path, needle: str) -> list[str]:
@@ -61,31 +46,12 @@ def _files_containing(root: Path, needle: str) -> list[str]:
 # -- the database password ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", range(5))
-def test_a_malformed_db_url_is_a_store_error_without_its_password(
-        which: int, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG)
-    marker = _marker()
-    url = _malformed(marker)[which]
-    started = time.monotonic()
-    with pytest.raises(StoreError) as raised:
-        open_store(url)
-    assert time.monotonic() - started < 5  # refused as it is, not after the pool's timeout
-    text = "".join(traceback.format_exception(raised.value))
-    assert "LLMCAM_DB is not a valid PostgreSQL URL" in str(raised.value)
-    assert "***" in str(raised.value)  # the URL is shown, its password not
-    assert marker not in text and marker not in repr(raised.value)
-    error = raised.value  # no cause or context a traceback would print (libpq's text)
-    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
-    assert marker not in caplog.text
-
-
 def test_the_store_and_psycopg_logs_never_show_the_password(
         postgres: str, caplog: pytest.LogCaptureFixture) -> None:
     """A store opened with a password (the test server lets anyone in) shows none; a psycopg
     log record that would quote it (the pool logs each failed connection's text) is scrubbed."""
     caplog.set_level(logging.DEBUG)
-    marker = _marker()
+    marker = secret_marker()
     user, host = postgres.removeprefix("postgresql://").split("@", 1)  # no password: trust
     url = f"postgresql://{user}:{marker}-pw@{host}"
     store = open_store(url)
@@ -108,16 +74,15 @@ def test_serve_with_a_malformed_db_url_leaks_no_password(which: int, tmp_path: P
                                                          llm: OpenAIServer) -> None:
     """`llmcam serve` with its own Ray (under a RAY_TMPDIR of ours): it fails (or answers
     503s), and neither its output nor any file of its Ray session holds the password."""
-    marker = _marker()
+    marker = secret_marker()
     ray_tmp = Path(tempfile.mkdtemp(prefix="lr-", dir="/tmp"))  # short: Ray's socket paths
     port = free_port()
     log = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update({"LLMCAM_DATA": str(tmp_path / "data"), "OPENAI_BASE_URL": llm.base_url,
                 "OPENAI_API_KEY": "k", "LLMCAM_SPARE_SESSIONS": "1", "RAY_TMPDIR": str(ray_tmp),
-                "LLMCAM_DB": _malformed(marker)[which], "LLMCAM_DETECTOR_GPUS": "0"})
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                            env=env, cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                "LLMCAM_DB": malformed_db_urls(marker)[which], "LLMCAM_DETECTOR_GPUS": "0"})
+    proc = spawn_serve(env, log, port)
     try:
         deadline = time.monotonic() + 150
         while proc.poll() is None:
@@ -170,7 +135,7 @@ async def test_an_llm_that_quotes_the_key_is_summarized(
     it) get our summary; the conversation, the gateway's log and Ray's logs hold no part of
     the server's text."""
     caplog.set_level(logging.DEBUG)
-    marker = _marker()
+    marker = secret_marker()
     async with gateway.async_client() as client:
         sid = (await client.post("/api/sessions")).json()["session_id"]
         fresh_llm.push(Fail(401, _key_error(marker)))
@@ -215,7 +180,7 @@ async def test_an_llm_error_inside_a_stream_is_summarized(
         gateway: Gateway, fresh_llm: OpenAIServer, caplog: pytest.LogCaptureFixture) -> None:
     """An `{"error": ...}` a server sends mid-answer is a summary too."""
     caplog.set_level(logging.DEBUG)
-    marker = _marker()
+    marker = secret_marker()
     fresh_llm.push(FailMidStream(_key_error(marker), content="Hello", status=401))
     async with gateway.async_client() as client:
         sid = (await client.post("/api/sessions")).json()["session_id"]
@@ -245,7 +210,7 @@ async def test_every_failure_of_the_llm_client_is_a_summary(
         reply: Any, summary: str, fresh_llm: OpenAIServer) -> None:
     """The LLMClient itself (no Ray): streamed and not, each answer is our words only. The
     client retries a 429 and a 5xx once, so those are scripted twice."""
-    marker = _marker()
+    marker = secret_marker()
     kind = type(reply)
     scripted = kind(**{**reply.__dict__, "message": reply.message.format(marker=marker)})
     client = LLMClient(Settings(openai_api_key="k", openai_base_url=fresh_llm.base_url,
@@ -280,19 +245,6 @@ async def test_an_unreachable_or_garbled_llm_is_a_summary(fresh_llm: OpenAIServe
         "the LLM server sent an answer that could not be read (ValueError)")
     assert failure(RuntimeError("sk-secret")) == (
         "the connection to the LLM server broke (RuntimeError)")
-
-
-def test_a_known_error_code_is_named_in_our_words() -> None:
-    import openai
-
-    response = httpx.Response(400, request=httpx.Request("POST", "http://x/v1"))
-    exc = openai.BadRequestError("This model's maximum context length is 8192 tokens (sk-x)",
-                                 response=response,
-                                 body={"code": "context_length_exceeded", "message": "sk-x"})
-    assert failure(exc) == ("the LLM server refused the request (400): the conversation is "
-                            "too long for the model")
-    exc = openai.BadRequestError("sk-x", response=response, body={"code": "sk-x"})
-    assert failure(exc) == "the LLM server refused the request (400)"
 
 
 # -- the client actors' names ---------------------------------------------------------------
@@ -344,33 +296,3 @@ async def test_gateways_with_other_keys_share_a_client_and_keep_their_keys(
 # -- OpenAPI text the model reads ------------------------------------------------------------
 
 
-def test_openapi_descriptions_are_capped_and_clean() -> None:
-    noisy = ("Get\x00 the\x1b[31m weather\r\nnow\t\u202eevil\u200b " + "word " * 1000)[:5000]
-    assert len(noisy) == 5000
-    doc = {"openapi": "3.0.0", "paths": {"/w/{city}": {"get": {
-        "operationId": "weather", "summary": noisy, "description": "unused",
-        "parameters": [
-            {"name": "city", "in": "path", "description": noisy, "schema": {"type": "string"}},
-            {"name": "units", "in": "query",
-             "schema": {"type": "string", "description": noisy}}],
-        "requestBody": {"content": {"application/json": {"schema": {
-            "type": "object", "properties": {"note": {"type": "string",
-                                                      "description": noisy}}}}}},
-    }, "post": {"description": "\x07" * 10}}}}
-    import json
-
-    ops, _ = load_operations(json.dumps(doc), 1_000_000)
-    tools = api_tools("weather", "http://127.0.0.1:9", ops)
-    texts = [tools[0].description,
-             tools[0].parameters["properties"]["city"]["description"],
-             tools[0].parameters["properties"]["units"]["description"],
-             tools[0].parameters["properties"]["body"]["properties"]["note"]["description"]]
-    for text in texts:
-        assert 0 < len(text) <= MAX_DESCRIPTION
-        assert not CONTROL.search(text) and "\u202e" not in text and "\u200b" not in text
-        assert "  " not in text and text == text.strip()
-        assert text.startswith("Get the [31m weather now evil word")
-    assert tools[1].description == "POST /w/{city}"  # a description of only control chars
-    assert describe("a\nb\tc") == "a b c" and describe(None) == ""
-    assert describe("x" * 301)[-1] == "…"
-    assert len(describe("x" * 5000)) == MAX_DESCRIPTION

@@ -35,7 +35,7 @@ from actors.settings import BUILTIN_TOOL_MODULES
 from actors.tools import shell
 from actors.tools.shell import remove_scratch, scratch_path
 from testing.standins import Call, ToolCalls
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import Gateway, Gateways, new_session
 
 SECRET = f"store-secret-{uuid.uuid4().hex}"
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,12 +58,10 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shell_gateway(ray_address, llm, data_dir: Path) -> Iterator[Gateway]:
+def shell_gateway(gateways: Gateways, data_dir: Path) -> Gateway:
     # the operator lists the shell module as a tool module: it must still not be addable
-    settings = make_settings(data_dir, llm, enable_shell=True, tool_modules=[
+    return gateways(data=data_dir, enable_shell=True, tool_modules=[
         *BUILTIN_TOOL_MODULES, "tests.sample_tools", "actors.tools.shell"])
-    with Gateway(settings) as gw:
-        yield gw
 
 
 def run(c: httpx.Client, llm, sid: str, *commands: str) -> list[str]:

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 MINUTES = 3
 TIMEOUT_S = 1500  # setup (PostgreSQL, two Ray nodes, the gateway) and the checks on 2 cores

@@ -26,14 +26,12 @@ from testing.standins import (
     VideoServer,
 )
 from testing.standins.video_server import BACKGROUND_BGR
+from tests.helpers import serving
 
 MODEL = "gpt-4o-mini"
 
 
-@pytest.fixture(scope="module")
-def llm() -> Iterator[OpenAIServer]:
-    with OpenAIServer() as server:
-        yield server
+llm = serving(OpenAIServer)
 
 
 @pytest.fixture
@@ -204,10 +202,7 @@ def test_concurrent_requests_are_not_serialized(llm_server: OpenAIServer) -> Non
 # --- video stand-in -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def video() -> Iterator[VideoServer]:
-    with VideoServer(slow_seconds=10) as server:
-        yield server
+video = serving(VideoServer, slow_seconds=10)
 
 
 def extract(url: str) -> dict[str, Any]:

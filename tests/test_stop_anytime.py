@@ -9,7 +9,6 @@ import io
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 from PIL import Image
 
 from testing.standins import Call, ToolCalls
-from tests.conftest import ROOT, free_port
+from tests.helpers import free_port, spawn_serve, wait_healthy
 
 STOP_WITHIN_S = 30.0
 
@@ -39,9 +38,7 @@ class Serve:
                     "LLMCAM_DETECTOR_GPUS": "0", "YOLO_OFFLINE": "1",
                     "YOLO_AUTOINSTALL": "False", "LLMCAM_TEST_TAG": value})
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(self.port)],
-            env=env, cwd=ROOT, stdout=self.log.open("wb"), stderr=subprocess.STDOUT)
+        self.proc = spawn_serve(env, self.log, self.port)
         self.url = f"http://127.0.0.1:{self.port}"
 
     def tagged(self) -> list[str]:
@@ -59,16 +56,7 @@ class Serve:
         return found
 
     def wait_healthy(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError("no /healthz: " + self.log.read_text()[-3000:])
+        wait_healthy(self.url, self.proc, self.log, timeout, every=0.1)
 
     def stop_and_check(self) -> None:
         """SIGTERM, then within 30 s: the gateway exited and no tagged process is left."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from actors.store import SCHEMA_VERSION, Fenced, Store, StoreError, open_store
-from tests.conftest import fresh_database
+from tests.helpers import fresh_database
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

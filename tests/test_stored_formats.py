@@ -17,7 +17,7 @@ import ray
 
 from actors.session.names import NAMESPACE, actor_name
 from testing.standins import Call, ToolCalls
-from tests.conftest import Gateway, make_settings
+from tests.helpers import Gateway, make_settings
 
 SID = "stored-before-the-house-move-0123456789abcdef"
 BEFORE = Path(__file__).parent / "data" / "before-house.sqlite3"

@@ -7,7 +7,6 @@ coalesce deltas and events keep every character in its place.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -15,86 +14,15 @@ import httpx
 
 from actors.llm import LLMClient, merge
 from actors.schema import function_tool
-from actors.session.turn_log import TurnLog
 from actors.settings import Settings
-from actors.turn_loop import SchemaCache
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
-from tests.conftest import Gateway, make_settings
-from tests.test_turn_control import events, text_of
+from tests.helpers import Gateway, events, make_settings, text_of, tool_call_delta
 
 SLOW_WORDS = 30
 SLOW_DELAY = 0.1  # seconds between two words: the reply takes about 3 s to stream
 
 
 # --- the pure parts -------------------------------------------------------------------------
-
-def _part(index: int, id: str | None = None, name: str | None = None,
-          arguments: str | None = None) -> dict[str, Any]:
-    return {"index": index, "id": id, "name": name, "arguments": arguments}
-
-
-def test_merge_joins_text_and_each_tool_calls_pieces() -> None:
-    deltas = [{"content": "Let "}, {"content": "me look."},
-              {"tool_calls": [_part(0, "c1", "cap", "")]},
-              {"tool_calls": [_part(0, None, None, '{"key":')]},
-              {"tool_calls": [_part(0, None, None, '"Porvoo"}')]},
-              {"tool_calls": [_part(1, "c2", "list_image_files", "{}")]}]
-    assert merge(deltas) == [{"content": "Let me look.", "tool_calls": [
-        _part(0, "c1", "cap", '{"key":"Porvoo"}'), _part(1, "c2", "list_image_files", "{}")]}]
-    assert deltas[2]["tool_calls"][0]["arguments"] == ""  # the input is left as it was
-
-
-def test_merge_never_reorders_text_and_tool_calls_or_errors() -> None:
-    deltas = [{"tool_calls": [_part(0, "c1", "f", "{}")]}, {"content": "after"},
-              {"content": " the call"}, {"error": "the LLM backend failed: x"}]
-    assert merge(deltas) == [{"tool_calls": [_part(0, "c1", "f", "{}")]},
-                             {"content": "after the call"}, {"error": "the LLM backend failed: x"}]
-    assert merge([]) == []
-
-
-async def test_tokens_no_reader_took_yet_join_and_every_reader_sees_the_same() -> None:
-    turn = TurnLog("t")
-    live: list[dict[str, Any]] = []
-
-    async def read(into: list[dict[str, Any]]) -> None:
-        async for item in turn.follow():
-            into.append(item)
-
-    reader = asyncio.create_task(read(live))
-    for k in range(50):
-        turn.add({"event": "token", "data": {"text": f"{k} "}})
-        if k % 7 == 0:
-            await asyncio.sleep(0)  # the reader runs now and then: runs of various lengths
-        if k == 20:
-            turn.add({"event": "tool_call", "data": {"name": "f", "arguments": "{}"}})
-    turn.add({"event": "done", "data": {"reply": "x"}})
-    turn.finish()
-    await reader
-    late: list[dict[str, Any]] = []
-    await read(late)  # a reloaded page replays the log from its start
-    assert late == live
-    words = [e["data"]["text"] for e in live if e["event"] == "token"]
-    assert "".join(words) == "".join(f"{k} " for k in range(50))
-    assert 2 < len(words) < 50
-    assert [e["event"] for e in live].index("tool_call") < len(live) - 1
-    assert live[-1]["event"] == "done"
-
-
-def test_the_schema_list_is_kept_while_the_tools_are_the_same() -> None:
-    def one(x: int) -> str:
-        """One."""
-        return ""
-
-    def two(y: str) -> str:
-        """Two."""
-        return ""
-
-    a, b = function_tool(one, takes_context=False), function_tool(two, takes_context=False)
-    cache = SchemaCache()
-    first = cache([a, b])
-    assert first == [a.schema(), b.schema()]
-    assert cache([a, b]) is first  # same tools: the very same list
-    assert cache([a]) == [a.schema()]  # a service removed: built again
 
 
 async def test_the_llm_client_sends_chunks_that_read_as_the_deltas(llm: OpenAIServer,
@@ -120,8 +48,8 @@ async def test_the_llm_client_sends_chunks_that_read_as_the_deltas(llm: OpenAISe
     assert arrivals[0][0] < arrivals[-1][0]  # streamed, not sent at the end
     calls = [c async for c in client.stream(request) if "usage" not in c]
     assert merge(calls) == [{"content": "Looking.", "tool_calls": [
-        _part(0, "c1", "cap", '{"key": "Porvoo"}'),
-        _part(1, "c2", "list_image_files", "{}")]}]
+        tool_call_delta(0, "c1", "cap", '{"key": "Porvoo"}'),
+        tool_call_delta(1, "c2", "list_image_files", "{}")]}]
     assert llm.requests[0]["messages"] == request["messages"] and llm.requests[0]["stream"]
 
 
@@ -210,13 +138,6 @@ def test_the_turn_metrics_are_valid_ray_metrics(ray_address: str) -> None:
 
 # --- token counts and the context limit -----------------------------------------------------
 
-def test_merge_keeps_usage_a_chunk_of_its_own_and_last() -> None:
-    usage = {"usage": {"prompt_tokens": 12, "completion_tokens": 3}}
-    deltas = [{"content": "Hel"}, {"content": "lo"}, usage]
-    assert merge(deltas) == [{"content": "Hello"}, usage]
-    assert merge([{"tool_calls": [_part(0, "c1", "f", "{}")]}, usage]) == [
-        {"tool_calls": [_part(0, "c1", "f", "{}")]}, usage]
-
 
 async def test_the_llm_client_actor_passes_the_servers_usage_through_last(
         ray_address: str, fresh_llm: OpenAIServer, tmp_path) -> None:
@@ -262,7 +183,7 @@ async def test_a_turn_over_a_long_history_sends_at_most_the_context_limit(
     from actors.llm import LLM
     from actors.turn_loop import run_turn
     from testing.standins.openai_server import _usage
-    from tests.test_context_window import conversation
+    from tests.helpers import conversation
 
     def cap(key: str) -> str:
         """Capture an image from the camera `key`."""
@@ -293,27 +214,6 @@ async def test_a_turn_over_a_long_history_sends_at_most_the_context_limit(
                Text("Here is Porvoo.")]
     assert usages == [{**{k: v for k, v in _usage(body, reply).items() if k != "total_tokens"},
                        "estimated": False} for body, reply in zip(requests, replies, strict=True)]
-
-
-async def test_a_server_that_reports_no_usage_is_counted_at_four_characters_a_token() -> None:
-    from actors.context_window import prompt_tokens, text_tokens
-    from actors.turn_loop import run_turn
-
-    class Quiet:  # an LLM whose server reports no usage
-        def __init__(self) -> None:
-            self.requests: list[dict[str, Any]] = []
-
-        async def stream(self, request: dict[str, Any]):
-            self.requests.append(request)
-            yield {"content": "twelve chars"}
-
-    quiet = Quiet()
-    history = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi " * 40}]
-    seen = [item async for item in run_turn(quiet, "m", list(history), list, None)]
-    usage = next(e["data"] for e in seen if e["event"] == "usage")
-    assert usage == {"prompt_tokens": prompt_tokens(history), "completion_tokens":
-                     text_tokens("twelve chars"), "estimated": True}
-    assert quiet.requests[0]["messages"][:2] == history and "tools" not in quiet.requests[0]
 
 
 def test_the_token_metric_is_a_valid_ray_metric(ray_address: str) -> None:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from testing.standins import Call, ToolCalls
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import Gateway, Gateways, new_session
 
 
 @pytest.fixture(scope="module")
-def limited(ray_address, llm, tmp_path_factory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("limits"), llm, max_tool_calls=3)
-    with Gateway(settings) as gw:
-        yield gw
+def limited(gateways: Gateways) -> Gateway:
+    return gateways(max_tool_calls=3)
 
 
 def test_calls_past_the_limit_are_refused_and_answered(limited: Gateway, fresh_llm) -> None:

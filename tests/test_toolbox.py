@@ -3,10 +3,7 @@ the URL guard in front of every fetch."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse
@@ -14,7 +11,7 @@ from starlette.routing import Route
 
 from testing.standins import Call, ToolCalls
 from testing.standins._background import BackgroundServer
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import Gateway, new_session, say, serving, tool_results
 
 SPEC = {
     "openapi": "3.0.3",
@@ -64,40 +61,19 @@ class RoadApi(BackgroundServer):
             Route("/reports", report, methods=["POST"]), Route("/redirect", to_metadata)]))
 
 
-@pytest.fixture(scope="module")
-def road() -> Iterator[RoadApi]:
-    with RoadApi() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def open_gateway(ray_address, llm, tmp_path_factory) -> Iterator[Gateway]:
-    """A gateway whose operator allows tools to reach 127.0.0.1 (the stand-ins live there)."""
-    settings = make_settings(tmp_path_factory.mktemp("open"), llm, allow_hosts=["127.0.0.1"])
-    with Gateway(settings) as gw:
-        yield gw
-
-
-def turn(c: httpx.Client, sid: str, text: str) -> dict:
-    response = c.post(f"/api/sessions/{sid}/messages", json={"content": text})
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def tool_results(body: dict) -> list[str]:
-    return [m["content"] for m in body["messages"] if m["role"] == "tool"]
+road = serving(RoadApi)
 
 
 def tool_names(c: httpx.Client, sid: str) -> set[str]:
     return {t["function"]["name"] for t in c.get(f"/api/sessions/{sid}/tools").json()}
 
 
-def test_add_api_tools_and_call_them(open_gateway: Gateway, fresh_llm, road: RoadApi) -> None:
-    with open_gateway.client() as c:
+def test_add_api_tools_and_call_them(tools_gateway: Gateway, fresh_llm, road: RoadApi) -> None:
+    with tools_gateway.client() as c:
         sid, other = new_session(c), new_session(c)
         fresh_llm.script("add road api", [ToolCalls([Call("add_api_tools", {
             "service_name": "road", "base_url": road.root_url})])])
-        body = turn(c, sid, "add road api")
+        body = say(c, sid, "add road api")
         assert "Added 2 tools for road" in tool_results(body)[0]
         tools = {t["function"]["name"]: t["function"]
                  for t in c.get(f"/api/sessions/{sid}/tools").json()}
@@ -111,14 +87,14 @@ def test_add_api_tools_and_call_them(open_gateway: Gateway, fresh_llm, road: Roa
         fresh_llm.script("road data", [ToolCalls([
             Call("getStationData", {"station_id": 42, "sensor": "temp"}),
             Call("createReport", {"body": {"text": "ice", "severity": 2}})])])
-        results = tool_results(turn(c, sid, "road data"))
+        results = tool_results(say(c, sid, "road data"))
         assert '"temp":-3.5' in results[0].replace(" ", "")
         assert road.calls[-2:] == [{"station": "42", "sensor": "temp"},
                                    {"report": {"text": "ice", "severity": 2}}]
 
         fresh_llm.script("remove road", [ToolCalls([Call("remove_tools",
                                                          {"service_name": "road"})])])
-        assert "Removed 2 tools" in tool_results(turn(c, sid, "remove road"))[0]
+        assert "Removed 2 tools" in tool_results(say(c, sid, "remove road"))[0]
         assert "getStationData" not in tool_names(c, sid)
 
 
@@ -130,7 +106,7 @@ def test_add_function_tools_only_from_allowed_modules(client: httpx.Client, fres
     fresh_llm.script("sneaky", [ToolCalls([
         Call("add_function_tools", {"service_name": f"s{i}", "function_names": [name]})
         for i, name in enumerate(refused)])])
-    results = tool_results(turn(client, sid, "sneaky"))
+    results = tool_results(say(client, sid, "sneaky"))
     assert len(results) == len(refused)
     assert all(r.startswith("Refused") and "Nothing was added" in r for r in results), results
     before = tool_names(client, sid)
@@ -141,7 +117,7 @@ def test_add_function_tools_only_from_allowed_modules(client: httpx.Client, fres
             "service_name": "maths", "function_names": ["tests.sample_tools.add_numbers",
                                                         "tests.sample_tools.shout"]})]),
         ToolCalls([Call("add_numbers", {"a": 2, "b": 40}), Call("shout", {"text": "hi"})])])
-    body = turn(client, sid, "good one")
+    body = say(client, sid, "good one")
     assert tool_results(body)[1:] == ["42", "HI"]
 
 
@@ -154,18 +130,18 @@ def test_guard_refuses_loopback_and_private(client: httpx.Client, fresh_llm) -> 
     fresh_llm.script("private urls", [ToolCalls([
         Call("add_api_tools", {"service_name": f"p{i}", "base_url": "http://x.invalid",
                                "oas_url": url}) for i, url in enumerate(targets)])])
-    results = tool_results(turn(client, sid, "private urls"))
+    results = tool_results(say(client, sid, "private urls"))
     for url, result in zip(targets, results, strict=True):
         assert result.startswith("Error: add_api_tools failed"), (url, result)
         assert "refused" in result or "Unsupported" in result or "scheme" in result, result
 
 
-def test_guard_checks_every_redirect(open_gateway: Gateway, fresh_llm, road: RoadApi) -> None:
+def test_guard_checks_every_redirect(tools_gateway: Gateway, fresh_llm, road: RoadApi) -> None:
     """Allowed: 127.0.0.1. A redirect from there to the metadata address is still refused."""
-    with open_gateway.client() as c:
+    with tools_gateway.client() as c:
         sid = new_session(c)
         fresh_llm.script("redirected", [ToolCalls([Call("add_api_tools", {
             "service_name": "r", "base_url": road.root_url,
             "oas_url": f"{road.root_url}/redirect"})])])
-        result = tool_results(turn(c, sid, "redirected"))[0]
+        result = tool_results(say(c, sid, "redirected"))[0]
         assert "refused" in result and "169.254.169.254" not in result  # names no address

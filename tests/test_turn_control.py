@@ -6,50 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
-from tests.conftest import Gateway, new_session
+from tests.helpers import Gateway, collect, events, new_session, text_of
 
 SLOW = 0.08  # seconds between two streamed words of the slow model
 WORDS = " ".join(f"word{i}" for i in range(40))
-
-
-async def events(response: httpx.Response) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-    """(event, data) of an SSE answer, as they arrive."""
-    kind, data = "message", []
-    async for line in response.aiter_lines():
-        if line == "":
-            if data:
-                yield kind, json.loads("\n".join(data))
-            kind, data = "message", []
-        elif line.startswith("event:"):
-            kind = line[6:].strip()
-        elif line.startswith("data:"):
-            data.append(line[5:].strip())
-
-
-async def collect(client: httpx.AsyncClient, method: str, url: str,
-                  started: asyncio.Event | None = None,
-                  **kwargs: Any) -> list[tuple[str, dict[str, Any]]]:
-    """Every event of a streamed answer; `started` is set at its first token."""
-    seen: list[tuple[str, dict[str, Any]]] = []
-    headers = {"Accept": "text/event-stream"}
-    async with client.stream(method, url, headers=headers, **kwargs) as response:
-        assert response.status_code == 200, await response.aread()
-        assert response.headers["content-type"].startswith("text/event-stream")
-        async for item in events(response):
-            seen.append(item)
-            if started is not None and item[0] == "token":
-                started.set()
-    return seen
-
-
-def text_of(seen: list[tuple[str, dict[str, Any]]]) -> str:
-    return "".join(data["text"] for kind, data in seen if kind == "token")
 
 
 def test_no_turn_in_flight(client: httpx.Client) -> None:

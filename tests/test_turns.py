@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from tests.conftest import Gateway, new_session
+from tests.helpers import Gateway, new_session
 
 
 async def test_turns_of_one_session_do_not_interleave(gateway: Gateway, fresh_llm) -> None:

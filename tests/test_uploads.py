@@ -6,22 +6,14 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 
 import httpx
-import pytest
 from PIL import Image
 
 from testing.standins import Call, OpenAIServer, ToolCalls
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import Gateway, new_session
 
-
-@pytest.fixture(scope="module")
-def gateway(ray_address: str, llm: OpenAIServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("uploads"), llm, spare_sessions=1)
-    with Gateway(settings, deploy_detector=True) as gw:
-        yield gw
+GATEWAY = "tools"  # conftest: the tool tests' gateway
 
 
 def picture(fmt: str, size: tuple[int, int] = (640, 360), mode: str = "RGB") -> bytes:

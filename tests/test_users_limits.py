@@ -24,10 +24,13 @@ import pytest
 from actors.session.names import session_key
 from actors.store import open_store
 from testing.standins import Call, OpenAIServer, ToolCalls
-from tests.conftest import ROOT, Gateway, make_settings
-from tests.test_events_sse import (
+from tests.helpers import (
+    ROOT,
+    Gateway,
+    Gateways,
     Listener,
     assert_valid_conversation,
+    make_settings,
     send,
     session_actor_info,
     started_ids,
@@ -66,11 +69,9 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def proxy_gw(ray_address: str, llm: OpenAIServer, data_dir: Path) -> Iterator[Gateway]:
-    settings = make_settings(data_dir, llm, auth="proxy", rate_sessions=4, rate_turns=3,
-                             user_listeners=2, **SMALL)
-    with Gateway(settings) as gw:
-        yield gw
+def proxy_gw(gateways: Gateways, data_dir: Path) -> Gateway:
+    return gateways(data=data_dir, auth="proxy", rate_sessions=4, rate_turns=3,
+                    user_listeners=2, **SMALL)
 
 
 @pytest.fixture(scope="module")

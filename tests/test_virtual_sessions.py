@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -16,10 +16,12 @@ import ray
 from actors.session.names import NAMESPACE, actor_name, session_key
 from actors.store import open_store
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
-from tests.conftest import Gateway, fresh_database, make_settings
-from tests.test_events_sse import (
+from tests.helpers import (
+    Gateway,
+    Gateways,
     Listener,
     chat,
+    fresh_database,
     send,
     start_streams,
     stream_children,
@@ -54,16 +56,12 @@ def png() -> bytes:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def idle_gateway(request: pytest.FixtureRequest, ray_address: str, llm: OpenAIServer,
-                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def idle_gateway(request: pytest.FixtureRequest, gateways: Gateways) -> Gateway:
     """A gateway whose session actors passivate after one idle second; no spares."""
     db = None
     if request.param == "postgresql":
         db = fresh_database(request.getfixturevalue("postgres"))
-    settings = make_settings(tmp_path_factory.mktemp("idle"), llm, idle_seconds=IDLE,
-                             spare_sessions=0, db=db)
-    with Gateway(settings) as gw:
-        yield gw
+    return gateways(idle_seconds=IDLE, spare_sessions=0, db=db)
 
 
 @pytest.fixture()
@@ -166,13 +164,9 @@ async def test_a_session_rests_while_its_streams_deliver(idle_gateway: Gateway,
 
 
 @pytest.fixture(scope="module")
-def capped(ray_address: str, llm: OpenAIServer,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def capped(gateways: Gateways) -> Gateway:
     """At most two live session actors in the cluster; nothing passivates by idleness."""
-    settings = make_settings(tmp_path_factory.mktemp("capped"), llm, max_live_sessions=2,
-                             spare_sessions=0)
-    with Gateway(settings) as gw:
-        yield gw
+    return gateways(max_live_sessions=2, spare_sessions=0)
 
 
 async def test_the_cap_sheds_the_least_recent_idle_session(capped: Gateway,

@@ -8,7 +8,6 @@ import json
 import re
 import struct
 import zlib
-from collections.abc import Iterator
 
 import cv2
 import httpx
@@ -19,9 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from testing.standins import Call, DigitrafficServer, OpenAIServer, Text, ToolCalls
+from testing.standins import Call, DigitrafficServer, OpenAIServer, Text
 from testing.standins._background import BackgroundServer
-from tests.conftest import Gateway, make_settings, new_session
+from tests.helpers import new_session, serving, turn
+
+GATEWAY = "tools"  # conftest: the tool tests' gateway
 
 QUESTION_MARKER = "Describe this image quantitatively"  # in the vision request only
 SAVED = re.compile(r"saved it as (\S+?)\. ")
@@ -67,25 +68,7 @@ class ImageServer(BackgroundServer):
         return Response(body, media_type=kind)
 
 
-@pytest.fixture(scope="module")
-def images() -> Iterator[ImageServer]:
-    with ImageServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def gateway(ray_address: str, llm: OpenAIServer, digitraffic: DigitrafficServer,
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    settings = make_settings(tmp_path_factory.mktemp("vision"), llm, allow_hosts=["127.0.0.1"],
-                             weathercam_url=digitraffic.base_url, spare_sessions=2)
-    with Gateway(settings, deploy_detector=True) as gw:
-        yield gw
-
-
-@pytest.fixture(scope="module")
-def client(gateway: Gateway) -> Iterator[httpx.Client]:
-    with gateway.client() as c:
-        yield c
+images = serving(ImageServer)
 
 
 @pytest.fixture(scope="module")
@@ -95,14 +78,6 @@ def session(client: httpx.Client, llm: OpenAIServer) -> tuple[str, list[str]]:
     results = turn(client, sid, llm, "capture two cameras",
                    [Call("cap", {"key": "Porvoo"}), Call("cap", {"key": "Oulu"})])
     return sid, [SAVED.search(r)[1] for r in results]  # type: ignore[index]
-
-
-def turn(client: httpx.Client, sid: str, llm: OpenAIServer, text: str,
-         calls: list[Call]) -> list[str]:
-    llm.script(text, [ToolCalls(calls)])
-    response = client.post(f"/api/sessions/{sid}/messages", json={"content": text})
-    assert response.status_code == 200, response.text
-    return [m["content"] for m in response.json()["messages"] if m["role"] == "tool"]
 
 
 def vision_requests(llm: OpenAIServer) -> list[dict]:
