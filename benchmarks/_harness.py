@@ -3,7 +3,10 @@ servers they start, servers in subprocesses (their process trees watched with ps
 again once when a loaded machine fails their start, stopped with nothing left behind), what each
 process of a tree is, CPU and memory meters, a py-spy profiler, the OpenAI stand-in for long
 runs, an SSE reader, errors with examples, percentiles, scratch dirs, SIGTERM, and the results
-writer (each script owns a section of RESULTS.md between its markers)."""
+writer (each script owns a section of RESULTS.md between its markers).
+
+Over 300 lines on purpose: it is the one harness every benchmark uses (ports, servers, meters,
+the results writer), asked for as one place."""
 
 from __future__ import annotations
 

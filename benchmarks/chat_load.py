@@ -16,6 +16,9 @@ tree: the "before" figures) with this checkout's benchmark, baseline and stand-i
 
 Bounded: every phase has a time limit, and the servers it starts (and their temp dirs) are
 removed on the way out, also on error or SIGTERM.
+
+Over 300 lines on purpose: a benchmark reads top to bottom as one script (its scenario, its
+same-run baseline, its table); what scripts share is in _harness.py.
 """
 
 from __future__ import annotations

@@ -15,6 +15,9 @@ doing the same work per image (decode, detect, draw, encode to JPEG).
 Offline: a `.pt` model that is not on disk falls back to its `.yaml` (an untrained network of
 the same shape: same compute, no detections). Prints a Markdown table and writes it into
 benchmarks/RESULTS.md between `<!-- detect_throughput -->` markers.
+
+Over 300 lines on purpose: a benchmark reads top to bottom as one script (its scenario, its
+same-run baseline, its table); what scripts share is in _harness.py.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ between `<!-- notify_scale -->` and `<!-- /notify_scale -->`.
 
 Bounded: every phase has a time limit; the gateway, its Ray and its temp dir are removed on the
 way out, also on error or SIGTERM.
+
+Over 300 lines on purpose: a benchmark reads top to bottom as one script (its scenario, its
+same-run baseline, its table); what scripts share is in _harness.py.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ memory before/after, every session whole). Writes a table to `benchmarks/RESULTS
 
 Bounded: every phase has a time limit, and the servers it starts (gateway and its Ray,
 PostgreSQL, baseline) and their temp dirs are removed on the way out, also on error or SIGTERM.
+
+Over 300 lines on purpose: a benchmark reads top to bottom as one script (its scenario, its
+same-run baseline, its table); what scripts share is in _harness.py.
 """
 
 from __future__ import annotations

@@ -40,6 +40,9 @@ by itself, or when a request failed outside every fault window and no retry made
 
 Bounded: every wait has a time limit; the servers, the Ray nodes and the temp dir are removed on
 the way out, also on error or SIGTERM.
+
+Over 300 lines on purpose: a benchmark reads top to bottom as one script (its scenario, its
+same-run baseline, its table); what scripts share is in _harness.py.
 """
 
 from __future__ import annotations

@@ -94,9 +94,8 @@ def gateways(ray_address: str, llm: OpenAIServer,
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if "gateways started" in SHARED:
-        terminalreporter.write_line(f"gateways started by the factory: "
-                                    f"{SHARED['gateways started']}")
+    terminalreporter.write_line(f"gateways started in this process: {Gateway.started} "
+                                f"({SHARED.get('gateways started', 0)} by the factory)")
 
 
 @pytest.fixture(scope="module", autouse=True)

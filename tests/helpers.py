@@ -1,6 +1,9 @@
 """What the tests share that is not a fixture: settings and real gateways (uvicorn in a thread of
 the test process, or `llmcam serve` in a subprocess), chat turns over HTTP, SSE readers, the
-notification-stream helpers, and the chat page in a real browser. Fixtures are in conftest.py."""
+notification-stream helpers, and the chat page in a real browser. Fixtures are in conftest.py.
+
+Over 300 lines on purpose: it is the one place test modules import from (they import nothing
+from each other); its sections follow what the tests drive."""
 
 from __future__ import annotations
 
@@ -63,6 +66,8 @@ class Gateway:
     """The real app under real uvicorn, in a thread of the test process (which is a Ray
     driver already, so the gateway uses that Ray)."""
 
+    started = 0  # in this test run (conftest reports it)
+
     def __init__(self, settings: Settings, deploy_detector: bool = False,
                  port: int | None = None, graceful_s: float | None = None) -> None:
         self.settings = settings
@@ -78,6 +83,7 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> Gateway:
+        Gateway.started += 1
         self.thread.start()
         deadline = time.monotonic() + 60
         while not self.server.started:

@@ -3,7 +3,9 @@ gateway, under its Content-Security-Policy: who is signed in and "Sign out"; "Yo
 the server for a signed-in user, the same in a second browser with nothing shared; "Sign-in
 needed" where the proxy named nobody; a limit's 429 said in words (never raw JSON), with the
 unsent text still in the input box; and the whole OpenID Connect round through a real provider's
-form (oidc-provider-mock)."""
+form (oidc-provider-mock).
+
+Over 300 lines on purpose: one feature's browser tests, beside the fixtures only they use."""
 
 from __future__ import annotations
 

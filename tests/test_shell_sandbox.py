@@ -7,7 +7,10 @@ Then the sandbox itself (bubblewrap) against a command that tries to escape, dri
 like a server run as a service account: no mount or umount, nothing of the data directory, of other
 sessions or of the host's /dev/shm in its view, only its own processes in /proc, a process limit
 a fork bomb hits, size-limited private /tmp and /dev/shm that vanish with the command, no network,
-no server variables; and where the sandbox cannot run, nothing runs."""
+no server variables; and where the sandbox cannot run, nothing runs.
+
+Over 300 lines on purpose: one feature's tests (the sandbox, as root and as an ordinary user),
+beside the fixtures only they use."""
 
 from __future__ import annotations
 

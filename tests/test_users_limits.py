@@ -3,7 +3,10 @@ gateways: who the caller is (proxy mode: a header believed only from a trusted p
 that belong to their user, every per-user limit (429 with Retry-After, a detail naming it,
 nothing recorded; the same count through two gateways), token accounting and the day's budget,
 the context limit, retention, the events cap, and the CLI's refusal to listen openly without
-LLMCAM_AUTH."""
+LLMCAM_AUTH.
+
+Over 300 lines on purpose: one feature's tests (who is calling, and every per-user limit),
+beside the fixtures only they use."""
 
 from __future__ import annotations
 
