@@ -18,7 +18,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from typing import Any
 import httpx
 import psutil
 
+from testing import free_port
 from testing.standins import OpenAIServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,12 +41,6 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # `llmcam serve` from this checkout (with `server_env`'s PYTHONPATH), and the one-process baseline
 LLMCAM_SERVE = [sys.executable, "-m", "gateway.cli", "serve"]
 BASELINE_APP = [sys.executable, "-m", "benchmarks.baseline_app"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def server_env(**values: str | None) -> dict[str, str]:

@@ -22,12 +22,13 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+
+from testing import free_port
 
 PG_BIN_DIR = Path("/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"  # the OS account the server runs as when we are root; also the DB superuser
@@ -71,12 +72,6 @@ def _find_binary(name: str) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class PostgresServer:
     """A private PostgreSQL server on 127.0.0.1:`port` with a database `llmcam`.
 
@@ -89,7 +84,7 @@ class PostgresServer:
     def __init__(self, database: str = DATABASE, port: int | None = None,
                  start_timeout: float = 30.0) -> None:
         self.database = database
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.start_timeout = start_timeout
         self._initdb = _find_binary("initdb")
         self._pg_ctl = _find_binary("pg_ctl")

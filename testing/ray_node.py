@@ -27,7 +27,6 @@ import json
 import os
 import select
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from testing import free_port
 
 _MAIN = Path(__file__).with_name("_ray_node_main.py")
 _AUTH_TOKEN_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -46,13 +47,6 @@ class RayNodeError(RuntimeError):
 
 class _NodeExited(Exception):
     """The node's process died before the node joined (worth another try)."""
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _auth_env() -> dict[str, str]:

@@ -90,12 +90,12 @@ def gateways(ray_address: str, llm: OpenAIServer,
     factory.module = SHARED.get("module", "")
     yield factory
     factory.close()
-    SHARED["gateways started"] = factory.started
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.write_line(f"gateways started in this process: {Gateway.started} "
-                                f"({SHARED.get('gateways started', 0)} by the factory)")
+                                f"({getattr(SHARED.get('gateways'), 'started', 0)} by the "
+                                f"factory)")
 
 
 @pytest.fixture(scope="module", autouse=True)

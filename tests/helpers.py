@@ -33,18 +33,13 @@ from ray._private import state as ray_state
 from actors.session.names import NAMESPACE, actor_name, session_key
 from actors.settings import BUILTIN_TOOL_MODULES, Settings
 from gateway.app import create_app
+from testing import free_port
 from testing.standins import Call, OpenAIServer, Text, ToolCalls
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---------- settings, gateways, servers ----------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_settings(tmp: Path, llm: OpenAIServer, **overrides: object) -> Settings:
@@ -628,17 +623,16 @@ class BrowserPage:
         self.context.add_init_script(WATCH)
         self.page = self.context.new_page()
         self.page.set_default_timeout(WAIT_MS)
-        self.requests: list[str] = []
         self.sent: list[tuple[str, str]] = []
         self.errors: list[str] = []
-        self.page.on("request", self._requested)
+        self.page.on("request", lambda r: self.sent.append((r.method, r.url)))
         self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
         self.page.on("console", lambda msg: self.errors.append(msg.text)
                      if msg.type == "error" else None)
 
-    def _requested(self, request: Any) -> None:
-        self.requests.append(request.url)
-        self.sent.append((request.method, request.url))
+    @property
+    def requests(self) -> list[str]:
+        return [url for _, url in self.sent]
 
     def open(self) -> None:
         from playwright.sync_api import expect
